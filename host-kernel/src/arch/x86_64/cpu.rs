@@ -1,0 +1,66 @@
+//! CPU control: interrupts, halting, MSRs and leaving the VM.
+
+use core::arch::asm;
+
+use super::port::outb;
+
+/// Exit codes written to QEMU's `isa-debug-exit` (port 0xf4). QEMU exits with `(code << 1) | 1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// Clean shutdown: QEMU exit status 33.
+    Clean = 0x10,
+    /// Fatal exception or panic: QEMU exit status 3.
+    Fault = 0x01,
+}
+
+/// Leaves the VM. Without an `isa-debug-exit` device (e.g. on Xen) the CPU halts forever.
+pub fn exit_qemu(code: ExitCode) -> ! {
+    outb(0xf4, code as u8);
+    loop {
+        disable_interrupts();
+        // SAFETY: halting with interrupts off stops this CPU; nothing else runs.
+        unsafe { asm!("hlt", options(nomem, nostack)) }
+    }
+}
+
+pub fn enable_interrupts() {
+    // SAFETY: the IDT and interrupt controllers are set up before this is first called.
+    unsafe { asm!("sti", options(nomem, nostack)) }
+}
+
+pub fn disable_interrupts() {
+    // SAFETY: masking interrupts has no memory effects.
+    unsafe { asm!("cli", options(nomem, nostack)) }
+}
+
+/// Atomically enables interrupts and halts until the next one (`sti; hlt`: the interrupt
+/// shadow of `sti` guarantees no wake-up is lost between the check and the halt). The caller
+/// disables interrupts, checks for pending work, then calls this.
+pub fn halt_until_interrupt() {
+    // SAFETY: see above; on return interrupts are enabled.
+    unsafe { asm!("sti", "hlt", options(nomem, nostack)) }
+}
+
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: RDTSC only reads the time-stamp counter.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// # Safety
+/// The MSR must exist on this CPU (reading an absent MSR raises #GP).
+pub unsafe fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the caller guarantees the MSR exists.
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack)) }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+pub fn read_cr2() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}

@@ -1,0 +1,68 @@
+//! The monotonic clock: the TSC, calibrated at boot against the 8254 PIT.
+//!
+//! The PIT's channel 0 counts down at a fixed 1.193182 MHz; it is read back with latch
+//! commands (no speaker gate on port 0x61 is needed, which `-M microvm` does not emulate) over a
+//! ~10 ms window, against the TSC. Time zero is the PVH entry (the first instruction reads the
+//! TSC), so `now_us()` is also the guest's uptime. Under KVM, kvmclock would avoid the
+//! calibration; under TCG the TSC follows QEMU's virtual clock.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::boot::boot_tsc;
+use super::cpu::rdtsc;
+use super::port::{inb, outb};
+
+const PIT_HZ: u64 = 1_193_182;
+const PIT_CH0: u16 = 0x40;
+const PIT_CMD: u16 = 0x43;
+
+static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
+
+fn pit_read() -> u16 {
+    outb(PIT_CMD, 0x00); // latch channel 0
+    let lo = inb(PIT_CH0);
+    let hi = inb(PIT_CH0);
+    u16::from_le_bytes([lo, hi])
+}
+
+/// Calibrates the TSC and returns its frequency in kHz.
+pub fn calibrate() -> u64 {
+    // Channel 0, lobyte/hibyte, mode 2 (rate generator), reload 0xffff.
+    outb(PIT_CMD, 0x34);
+    outb(PIT_CH0, 0xff);
+    outb(PIT_CH0, 0xff);
+    let target = PIT_HZ / 100; // 10 ms
+    let mut last = pit_read();
+    let mut elapsed: u64 = 0;
+    let start = rdtsc();
+    while elapsed < target {
+        let now = pit_read();
+        // Counting down; a reload makes `now` larger than `last`.
+        elapsed += u64::from(last.wrapping_sub(now));
+        last = now;
+    }
+    let cycles = rdtsc() - start;
+    // Stop the PIT: mode 0 with a count of 1 fires once (masked) and then stays idle.
+    outb(PIT_CMD, 0x30);
+    outb(PIT_CH0, 1);
+    outb(PIT_CH0, 0);
+    let khz = (u128::from(cycles) * u128::from(PIT_HZ) / (u128::from(elapsed) * 1000)) as u64;
+    let khz = khz.max(1);
+    TSC_KHZ.store(khz, Ordering::Relaxed);
+    khz
+}
+
+/// TSC frequency in kHz (0 before calibration).
+pub fn tsc_khz() -> u64 {
+    TSC_KHZ.load(Ordering::Relaxed)
+}
+
+/// Microseconds since the PVH entry. Monotonic; 0 before calibration.
+pub fn now_us() -> u64 {
+    let khz = tsc_khz();
+    if khz == 0 {
+        return 0;
+    }
+    let ticks = rdtsc().saturating_sub(boot_tsc());
+    (u128::from(ticks) * 1000 / u128::from(khz)) as u64
+}

@@ -1,0 +1,224 @@
+//! tuk host-kernel: a PVH unikernel that serves HTTP (and, in later issues, WebAssembly
+//! components), measured into a vTPM.
+//!
+//! Boot order (each step needs the ones before it):
+//! 1. `arch::init_early`: GDT/TSS (IST stacks) and IDT, so any fault prints a diagnosis;
+//! 2. serial console, boot information (memory map, command line), configuration, logging;
+//! 3. heap on the RAM the boot page tables map, then the final W^X page tables, then the rest
+//!    of RAM;
+//! 4. interrupt controllers and the TSC clock;
+//! 5. virtio-net, smoltcp, the HTTP server; then the event loop, which halts whenever there is
+//!    nothing to do until an interrupt (NIC, console) or the timer for the next deadline.
+//!
+//! Unsafe code is confined to `arch`, `drivers` and `mem` (the hardware fence).
+
+#![no_std]
+#![no_main]
+#![feature(abi_x86_interrupt)]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+#[allow(unsafe_code)]
+mod arch;
+mod config;
+#[allow(unsafe_code)]
+mod drivers;
+mod logger;
+#[allow(unsafe_code)]
+mod mem;
+mod net;
+mod routes;
+
+use alloc::string::String;
+use core::panic::PanicInfo;
+
+use arch::{ExitCode, Irq};
+use config::Config;
+use drivers::serial;
+use drivers::virtio_net::{slots_from_cmdline, NetDevice};
+use net::server::HttpServer;
+use net::Stack;
+use routes::{BootFacts, Router};
+
+/// The longest the loop sleeps even with nothing scheduled (a safety net, not a tick).
+const MAX_SLEEP_US: u64 = 1_000_000;
+/// How long a clean shutdown waits for in-flight responses.
+const SHUTDOWN_DRAIN_US: u64 = 2_000_000;
+
+macro_rules! fail {
+    ($($arg:tt)*) => {{
+        logger::console_line(format_args!("FATAL: {}", format_args!($($arg)*)));
+        arch::exit_qemu(ExitCode::Fault)
+    }};
+}
+
+// The PVH entry stub (arch/x86_64/boot.rs) calls this symbol.
+#[allow(unsafe_code)]
+#[no_mangle]
+extern "C" fn kernel_entry(start_info: u32) -> ! {
+    arch::init_early();
+    serial::init();
+    let info = match arch::parse_boot_info(u64::from(start_info)) {
+        Ok(info) => info,
+        Err(e) => fail!("{e}"),
+    };
+    let cmdline = match info.cmdline() {
+        Ok(c) => c,
+        Err(e) => fail!("the boot command line is not UTF-8 ({e}); pass ASCII key=value words"),
+    };
+
+    let sections = arch::kernel_sections();
+    let free = mem::FreeRam::from_boot_info(&info, (sections.text.0, sections.data.1));
+    mem::init_early(&free);
+    arch::init_paging(free.ranges());
+    mem::init_late(&free);
+
+    let cmdline = String::from(cmdline);
+    let (config, warnings) = Config::parse(&cmdline);
+    logger::init(config.log_level);
+    let tsc_khz = arch::init_interrupts();
+    log::info!("tuk-kernel {} booting; cmdline: {cmdline}", env!("CARGO_PKG_VERSION"));
+    for w in &warnings {
+        log::warn!("{w}");
+    }
+    log::info!(
+        "memory: {} MiB free RAM in {} range(s); TSC {} kHz",
+        free.total() >> 20,
+        free.ranges().count(),
+        tsc_khz
+    );
+    let wx = arch::audit_wx();
+    if wx.writable_executable_pages != 0 {
+        fail!("paging: {} pages are writable and executable", wx.writable_executable_pages);
+    }
+    log::info!(
+        "paging: {} pages mapped, {} executable, 0 writable+executable",
+        wx.mapped_pages,
+        wx.executable_pages
+    );
+
+    let slots = slots_from_cmdline(&cmdline);
+    let device = match NetDevice::probe(&slots) {
+        Ok(d) => d,
+        Err(e) => fail!("{e}"),
+    };
+    arch::route(device.gsi, Irq::Net);
+    arch::route(serial::COM1_GSI, Irq::Serial);
+    let mac = device.mac();
+    log::info!(
+        "virtio-net at {:#x} irq {} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        device.slot.addr,
+        device.gsi,
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+    );
+
+    let mut stack = Stack::new(device, &config, arch::now_us());
+    let mut server = HttpServer::new(config.port, config.http.clone(), config.listeners, config.max_connections);
+    server.replenish(&mut stack.sockets);
+    let boot_us = arch::now_us();
+    let mut router = Router::new(BootFacts { boot_us, memory_total_bytes: free.total() });
+    logger::console_line(format_args!(
+        "tuk: ready listen={}:{} guest_boot_us={boot_us}",
+        config.ip, config.port
+    ));
+    run(&mut stack, &mut server, &mut router)
+}
+
+/// The event loop. Never returns: a `shutdown` console command exits the VM.
+fn run(stack: &mut Stack, server: &mut HttpServer, router: &mut Router) -> ! {
+    let mut console = ConsoleInput::default();
+    let mut shutdown_at: Option<u64> = None;
+    loop {
+        let irqs = arch::take_pending();
+        if irqs.contains(Irq::Net) {
+            stack.device.ack_interrupt();
+        }
+        if shutdown_at.is_none() && console.poll() == Some(Command::Shutdown) {
+            log::info!("shutdown requested on the console");
+            server.begin_shutdown(&mut stack.sockets);
+            shutdown_at = Some(arch::now_us());
+        }
+
+        // Alternate between the interface and the connections until both are quiet, so a
+        // response leaves in the same wake-up as the request that caused it.
+        for _ in 0..8 {
+            let now = arch::now_us();
+            let changed = stack.poll(now);
+            let served = server.poll(&mut stack.sockets, router, now / 1000);
+            server.replenish(&mut stack.sockets);
+            if !changed && !served {
+                break;
+            }
+        }
+
+        let now = arch::now_us();
+        if let Some(started) = shutdown_at {
+            if server.is_drained() || now - started > SHUTDOWN_DRAIN_US {
+                logger::console_line(format_args!("tuk: shutdown clean"));
+                arch::exit_qemu(ExitCode::Clean);
+            }
+        }
+
+        let mut sleep = MAX_SLEEP_US;
+        if let Some(d) = stack.poll_delay_us(now) {
+            sleep = sleep.min(d);
+        }
+        if let Some(deadline_ms) = server.next_deadline() {
+            sleep = sleep.min((deadline_ms * 1000).saturating_sub(now));
+        }
+        if shutdown_at.is_some() {
+            sleep = sleep.min(10_000);
+        }
+        if sleep == 0 {
+            continue;
+        }
+        arch::disable_interrupts();
+        if arch::has_pending() {
+            arch::enable_interrupts();
+            continue;
+        }
+        arch::arm_timer(sleep);
+        arch::halt_until_interrupt();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Command {
+    Shutdown,
+}
+
+/// Line-buffered console commands (the launcher's control channel).
+#[derive(Default)]
+struct ConsoleInput {
+    line: String,
+}
+
+impl ConsoleInput {
+    const MAX_LINE: usize = 256;
+
+    fn poll(&mut self) -> Option<Command> {
+        while let Some(b) = serial::read_byte() {
+            match b {
+                b'\r' | b'\n' => {
+                    let line = core::mem::take(&mut self.line);
+                    match line.trim() {
+                        "" => {}
+                        "shutdown" => return Some(Command::Shutdown),
+                        other => log::warn!("console: unknown command `{other}` (known: shutdown)"),
+                    }
+                }
+                b if self.line.len() < Self::MAX_LINE && b.is_ascii() => self.line.push(b as char),
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo<'_>) -> ! {
+    use core::fmt::Write;
+    let _ = writeln!(serial::EmergencyWriter, "\nPANIC: {info}");
+    arch::exit_qemu(ExitCode::Fault)
+}

@@ -1,0 +1,24 @@
+//! HTTP counters, shared by the server loop (which updates them) and the health handler.
+//! Single CPU, no interrupt-context access: relaxed atomics are only a safe global cell.
+
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+pub static CONNECTIONS_ACCEPTED: AtomicU64 = AtomicU64::new(0);
+pub static CONNECTIONS_ACTIVE: AtomicU64 = AtomicU64::new(0);
+pub static CONNECTIONS_REFUSED_FULL: AtomicU64 = AtomicU64::new(0);
+pub static REQUESTS: AtomicU64 = AtomicU64::new(0);
+pub static RESPONSES_2XX: AtomicU64 = AtomicU64::new(0);
+pub static RESPONSES_4XX: AtomicU64 = AtomicU64::new(0);
+pub static RESPONSES_5XX: AtomicU64 = AtomicU64::new(0);
+pub static PROTOCOL_ERRORS: AtomicU64 = AtomicU64::new(0);
+pub static TIMEOUTS: AtomicU64 = AtomicU64::new(0);
+
+pub fn add(counter: &AtomicU64, n: u32) {
+    if n != 0 {
+        counter.fetch_add(u64::from(n), Relaxed);
+    }
+}
+
+pub fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Relaxed)
+}
