@@ -67,17 +67,26 @@ impl Config {
         let mut warnings = Vec::new();
         for word in cmdline.split_ascii_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
-                warnings.push(format!("ignoring command-line word `{word}` (expected key=value)"));
+                warnings.push(format!(
+                    "ignoring command-line word `{word}` (expected key=value)"
+                ));
                 continue;
             };
             let ok = match key {
-                "ip" => parse_cidr(value).map(|(ip, p)| (c.ip, c.prefix_len) = (ip, p)).is_some(),
+                "ip" => parse_cidr(value)
+                    .map(|(ip, p)| (c.ip, c.prefix_len) = (ip, p))
+                    .is_some(),
                 "gw" if value == "none" => {
                     c.gateway = None;
                     true
                 }
                 "gw" => value.parse().map(|g| c.gateway = Some(g)).is_ok(),
-                "port" => value.parse().ok().filter(|p| *p != 0).map(|p| c.port = p).is_some(),
+                "port" => value
+                    .parse()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .map(|p| c.port = p)
+                    .is_some(),
                 "log" => parse_level(value).map(|l| c.log_level = l).is_some(),
                 "http.idle_timeout_ms" => value.parse().map(|v| c.http.idle_timeout_ms = v).is_ok(),
                 "http.request_timeout_ms" => {
@@ -85,9 +94,12 @@ impl Config {
                 }
                 "http.max_body" => value.parse().map(|v| c.http.max_body_bytes = v).is_ok(),
                 "http.max_head" => value.parse().map(|v| c.http.max_head_bytes = v).is_ok(),
-                "http.listeners" => {
-                    value.parse().ok().filter(|n| (1..=1024).contains(n)).map(|n| c.listeners = n).is_some()
-                }
+                "http.listeners" => value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1024).contains(n))
+                    .map(|n| c.listeners = n)
+                    .is_some(),
                 "http.max_connections" => value
                     .parse()
                     .ok()
@@ -102,7 +114,9 @@ impl Config {
                 }
             };
             if !ok {
-                warnings.push(format!("ignoring `{word}`: invalid value for `{key}`, using the default"));
+                warnings.push(format!(
+                    "ignoring `{word}`: invalid value for `{key}`, using the default"
+                ));
             }
         }
         (c, warnings)

@@ -78,7 +78,10 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
     let (config, warnings) = Config::parse(&cmdline);
     logger::init(config.log_level);
     let tsc_khz = arch::init_interrupts();
-    log::info!("tuk-kernel {} booting; cmdline: {cmdline}", env!("CARGO_PKG_VERSION"));
+    log::info!(
+        "tuk-kernel {} booting; cmdline: {cmdline}",
+        env!("CARGO_PKG_VERSION")
+    );
     for w in &warnings {
         log::warn!("{w}");
     }
@@ -90,7 +93,10 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
     );
     let wx = arch::audit_wx();
     if wx.writable_executable_pages != 0 {
-        fail!("paging: {} pages are writable and executable", wx.writable_executable_pages);
+        fail!(
+            "paging: {} pages are writable and executable",
+            wx.writable_executable_pages
+        );
     }
     log::info!(
         "paging: {} pages mapped, {} executable, 0 writable+executable",
@@ -110,14 +116,28 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
         "virtio-net at {:#x} irq {} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
         device.slot.addr,
         device.gsi,
-        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5]
     );
 
     let mut stack = Stack::new(device, &config, arch::now_us());
-    let mut server = HttpServer::new(config.port, config.http.clone(), config.listeners, config.max_connections);
+    let mut server = HttpServer::new(
+        config.port,
+        config.http,
+        config.listeners,
+        config.max_connections,
+    );
     server.replenish(&mut stack.sockets);
     let boot_us = arch::now_us();
-    let mut router = Router::new(BootFacts { boot_us, memory_total_bytes: free.total() });
+    let mut router = Router::new(BootFacts {
+        boot_us,
+        memory_total_bytes: free.total(),
+        wx,
+    });
     logger::console_line(format_args!(
         "tuk: ready listen={}:{} guest_boot_us={boot_us}",
         config.ip, config.port

@@ -29,13 +29,23 @@ impl FreeRam {
         let mut reserved: [(u64, u64); 20] = [(0, 0); 20];
         reserved[0] = (0, LOW_MEMORY);
         reserved[1] = kernel;
-        reserved[2] = (info.start_info & !0xfff, (info.start_info & !0xfff) + 0x1000);
+        reserved[2] = (
+            info.start_info & !0xfff,
+            (info.start_info & !0xfff) + 0x1000,
+        );
         for (slot, m) in reserved[3..].iter_mut().zip(info.modules()) {
             *slot = (m.start & !0xfff, (m.start + m.len).next_multiple_of(0x1000));
         }
-        let mut out = FreeRam { ranges: [(0, 0); MAX_RANGES], count: 0 };
+        let mut out = FreeRam {
+            ranges: [(0, 0); MAX_RANGES],
+            count: 0,
+        };
         for r in info.regions().iter().filter(|r| r.is_ram()) {
-            out.add_minus(r.start.next_multiple_of(0x1000), r.end() & !0xfff, &reserved);
+            out.add_minus(
+                r.start.next_multiple_of(0x1000),
+                r.end() & !0xfff,
+                &reserved,
+            );
         }
         out
     }
@@ -45,7 +55,10 @@ impl FreeRam {
         if start >= end {
             return;
         }
-        match reserved.iter().position(|&(a, b)| a < end && start < b && a < b) {
+        match reserved
+            .iter()
+            .position(|&(a, b)| a < end && start < b && a < b)
+        {
             Some(i) => {
                 let (a, b) = reserved[i];
                 let rest = &reserved[i + 1..];
@@ -76,7 +89,10 @@ fn claim(start: u64, end: u64) {
     // SAFETY: the range is RAM that nothing else uses (see `FreeRam`), identity-mapped by the
     // page tables active at this point, and claimed exactly once.
     let _ = unsafe {
-        ALLOCATOR.lock().claim(Span::from_base_size(start as *mut u8, (end - start) as usize))
+        ALLOCATOR.lock().claim(Span::from_base_size(
+            start as *mut u8,
+            (end - start) as usize,
+        ))
     };
 }
 
@@ -104,5 +120,8 @@ pub struct HeapStats {
 pub fn heap_stats() -> HeapStats {
     let talc = ALLOCATOR.lock();
     let c = talc.get_counters();
-    HeapStats { claimed_bytes: c.claimed_bytes, allocated_bytes: c.allocated_bytes }
+    HeapStats {
+        claimed_bytes: c.claimed_bytes,
+        allocated_bytes: c.allocated_bytes,
+    }
 }

@@ -6,7 +6,7 @@ use core::fmt::Write;
 
 use tuk_http::{Handler, Request, Response};
 
-use crate::arch::{audit_wx, interrupt_count, tsc_khz};
+use crate::arch::{interrupt_count, tsc_khz, WxAudit};
 use crate::mem::heap_stats;
 use crate::net::stats::{self, get};
 
@@ -15,6 +15,8 @@ pub struct BootFacts {
     /// Guest-only boot time: PVH entry to listening, microseconds.
     pub boot_us: u64,
     pub memory_total_bytes: u64,
+    /// The page-table audit taken at boot (re-audits belong to the measurement loop).
+    pub wx: WxAudit,
 }
 
 pub struct Router {
@@ -28,7 +30,7 @@ impl Router {
 
     fn health(&self, now_ms: u64) -> Response {
         let heap = heap_stats();
-        let wx = audit_wx();
+        let wx = &self.facts.wx;
         let mut body = String::with_capacity(640);
         // Writing into a String cannot fail.
         let _ = write!(
@@ -71,7 +73,8 @@ impl Router {
         match endpoint {
             "health" => match req.method.as_str() {
                 "GET" | "HEAD" => self.health(now_ms),
-                _ => Response::error(405, "use GET for /_tuk/health").with_header("Allow", "GET, HEAD"),
+                _ => Response::error(405, "use GET for /_tuk/health")
+                    .with_header("Allow", "GET, HEAD"),
             },
             _ => Response::error(404, "unknown kernel endpoint; try GET /_tuk/health"),
         }
@@ -83,6 +86,9 @@ impl Handler for Router {
         if let Some(endpoint) = req.path.strip_prefix("/_tuk/") {
             return self.admin(req, endpoint, now_ms);
         }
-        Response::error(404, "no component serves this path; the kernel's endpoints are under /_tuk/")
+        Response::error(
+            404,
+            "no component serves this path; the kernel's endpoints are under /_tuk/",
+        )
     }
 }

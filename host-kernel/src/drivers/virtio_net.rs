@@ -140,7 +140,11 @@ impl NetDevice {
                 continue;
             }
             let driver = Driver::new(transport, RX_BUFFER_LEN).map_err(NetProbeError::Driver)?;
-            return Ok(NetDevice { driver: RefCell::new(driver), gsi: slot.gsi, slot: *slot });
+            return Ok(NetDevice {
+                driver: RefCell::new(driver),
+                gsi: slot.gsi,
+                slot: *slot,
+            });
         }
         Err(NetProbeError::NoNetworkDevice(slots.len()))
     }
@@ -170,11 +174,21 @@ impl phy::Device for NetDevice {
 
     fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
         let buffer = self.driver.get_mut().receive().ok()?;
-        Some((RxToken { driver: &self.driver, buffer }, TxToken { driver: &self.driver }))
+        Some((
+            RxToken {
+                driver: &self.driver,
+                buffer,
+            },
+            TxToken {
+                driver: &self.driver,
+            },
+        ))
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
-        self.driver.get_mut().can_send().then_some(TxToken { driver: &self.driver })
+        self.driver.get_mut().can_send().then_some(TxToken {
+            driver: &self.driver,
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

@@ -24,7 +24,11 @@ impl Stack {
         // Seed for TCP initial sequence numbers; the TSC at boot is unpredictable enough for
         // a guest on a private network; the vTPM's RNG replaces it once the TPM driver exists.
         iface_config.random_seed = now_us ^ 0x7475_6b2d_6b65_726e;
-        let mut iface = Interface::new(iface_config, &mut device, Instant::from_micros(now_us as i64));
+        let mut iface = Interface::new(
+            iface_config,
+            &mut device,
+            Instant::from_micros(now_us as i64),
+        );
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(config.ip.into(), config.prefix_len));
         });
@@ -33,7 +37,11 @@ impl Stack {
                 log::warn!("cannot add the default route via {gw}: {e}");
             }
         }
-        Stack { iface, device, sockets: SocketSet::new(alloc::vec::Vec::new()) }
+        Stack {
+            iface,
+            device,
+            sockets: SocketSet::new(alloc::vec::Vec::new()),
+        }
     }
 
     /// Processes received frames and transmits queued segments. True if socket state changed.
@@ -45,6 +53,8 @@ impl Stack {
     /// Microseconds until smoltcp needs to be polled again (retransmits, delayed ACKs).
     pub fn poll_delay_us(&mut self, now_us: u64) -> Option<u64> {
         let now = Instant::from_micros(now_us as i64);
-        self.iface.poll_delay(now, &self.sockets).map(|d: Duration| d.total_micros())
+        self.iface
+            .poll_delay(now, &self.sockets)
+            .map(|d: Duration| d.total_micros())
     }
 }

@@ -47,7 +47,14 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn new(port: u16, limits: Limits, listeners: usize, max_connections: usize) -> Self {
-        HttpServer { port, limits, listeners, max_connections, slots: Vec::new(), accepting: true }
+        HttpServer {
+            port,
+            limits,
+            listeners,
+            max_connections,
+            slots: Vec::new(),
+            accepting: true,
+        }
     }
 
     fn listen(&mut self, sockets: &mut SocketSet<'static>) -> bool {
@@ -62,7 +69,13 @@ impl HttpServer {
             return false;
         }
         let handle = sockets.add(socket);
-        self.slots.push(Slot { handle, conn: None, peer_eof: false, closing_since: None, stalled_since: None });
+        self.slots.push(Slot {
+            handle,
+            conn: None,
+            peer_eof: false,
+            closing_since: None,
+            stalled_since: None,
+        });
         true
     }
 
@@ -71,7 +84,11 @@ impl HttpServer {
         if !self.accepting {
             return;
         }
-        let listening = self.slots.iter().filter(|s| is_listening(sockets, s.handle)).count();
+        let listening = self
+            .slots
+            .iter()
+            .filter(|s| is_listening(sockets, s.handle))
+            .count();
         let serving = self.slots.len() - listening;
         let room = (self.max_connections + self.listeners).saturating_sub(self.slots.len());
         let want = self.listeners.saturating_sub(listening).min(room);
@@ -88,7 +105,12 @@ impl HttpServer {
     /// Moves data between sockets and connections, runs the handler for complete requests and
     /// retires finished sockets. Returns true if anything happened (the caller then polls the
     /// interface again to transmit without waiting).
-    pub fn poll(&mut self, sockets: &mut SocketSet<'static>, handler: &mut dyn Handler, now_ms: u64) -> bool {
+    pub fn poll(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        handler: &mut dyn Handler,
+        now_ms: u64,
+    ) -> bool {
         let mut progress = false;
         let mut i = 0;
         while i < self.slots.len() {
@@ -108,7 +130,7 @@ impl HttpServer {
                 _ => {}
             }
             if slot.conn.is_none() && slot.closing_since.is_none() {
-                slot.conn = Some(Connection::new(self.limits.clone(), now_ms));
+                slot.conn = Some(Connection::new(self.limits, now_ms));
                 stats::add(&stats::CONNECTIONS_ACCEPTED, 1);
                 progress = true;
             }
@@ -164,7 +186,10 @@ impl HttpServer {
 }
 
 fn is_listening(sockets: &SocketSet<'static>, handle: SocketHandle) -> bool {
-    matches!(sockets.get::<tcp::Socket>(handle).state(), State::Listen | State::SynReceived)
+    matches!(
+        sockets.get::<tcp::Socket>(handle).state(),
+        State::Listen | State::SynReceived
+    )
 }
 
 /// One connection's turn: read, process, write, close. True if anything moved.
@@ -239,4 +264,3 @@ fn serve(
     }
     progress
 }
-

@@ -85,7 +85,10 @@ pub fn init() {
     lapic_write(LAPIC_TPR, 0);
     lapic_write(LAPIC_SVR, 0x100 | u32::from(SPURIOUS_VECTOR)); // software enable
     lapic_write(LAPIC_TIMER_DIVIDE, 0b0011); // divide by 16
-    lapic_write(LAPIC_LVT_TIMER, LVT_MASKED | u32::from(IRQ_BASE + Irq::Timer as u8));
+    lapic_write(
+        LAPIC_LVT_TIMER,
+        LVT_MASKED | u32::from(IRQ_BASE + Irq::Timer as u8),
+    );
 }
 
 /// Routes I/O APIC input `gsi` (edge-triggered, active high) to `irq`'s vector on CPU 0.
@@ -97,7 +100,10 @@ pub fn route(gsi: u8, irq: Irq) {
 
 /// Measures the LAPIC timer against the (already calibrated) TSC.
 pub fn calibrate_timer() {
-    lapic_write(LAPIC_LVT_TIMER, LVT_MASKED | u32::from(IRQ_BASE + Irq::Timer as u8));
+    lapic_write(
+        LAPIC_LVT_TIMER,
+        LVT_MASKED | u32::from(IRQ_BASE + Irq::Timer as u8),
+    );
     lapic_write(LAPIC_TIMER_INIT, u32::MAX);
     let start = rdtsc();
     let window = time::tsc_khz() * 10; // 10 ms of TSC ticks

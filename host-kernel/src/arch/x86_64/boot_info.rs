@@ -5,8 +5,6 @@
 //! kernel). Everything the loader wrote is treated as untrusted-in-shape: counts are bounded,
 //! strings are length-limited and must be UTF-8.
 
-use core::ptr::read_volatile;
-
 const START_INFO_MAGIC: u32 = 0x336e_c578;
 const MAX_REGIONS: usize = 64;
 const MAX_MODULES: usize = 16;
@@ -70,11 +68,17 @@ impl core::fmt::Display for BootInfoError {
     }
 }
 
-/// # Safety
-/// `addr` must be readable physical memory (identity mapped) of at least `size_of::<T>()` bytes.
-unsafe fn read<T: Copy>(addr: u64) -> T {
-    // SAFETY: guaranteed by the caller; unaligned reads are allowed by the PVH ABI's packing.
-    unsafe { read_volatile(addr as *const T) }
+/// Proof that the loader's structures are readable: low memory is identity-mapped by the boot
+/// page tables. Only `BootInfo::parse` creates one.
+struct LoaderMemory(());
+
+impl LoaderMemory {
+    fn read<T: Copy>(&self, addr: u64) -> T {
+        // SAFETY: `LoaderMemory` exists only while the boot tables identity-map the first GiB,
+        // where PVH loaders place `hvm_start_info`, the module list, the memory map and the
+        // command line. Reads tolerate misalignment.
+        unsafe { (addr as *const T).read_unaligned() }
+    }
 }
 
 impl BootInfo {
@@ -84,21 +88,20 @@ impl BootInfo {
     /// Must be called while the first GiB is identity mapped (the boot page tables), with the
     /// address passed in EBX by the PVH loader.
     pub unsafe fn parse(addr: u64) -> Result<BootInfo, BootInfoError> {
-        // SAFETY (all reads below): the PVH ABI guarantees these structures are in RAM below
-        // 4 GiB; the boot tables identity-map the first GiB where loaders place them.
-        let magic: u32 = unsafe { read(addr) };
+        let mem = LoaderMemory(());
+        let magic: u32 = mem.read(addr);
         if magic != START_INFO_MAGIC {
             return Err(BootInfoError::BadMagic(magic));
         }
-        let version: u32 = unsafe { read(addr + 4) };
-        let nr_modules: u32 = unsafe { read(addr + 12) };
-        let modlist: u64 = unsafe { read(addr + 16) };
-        let cmdline_paddr: u64 = unsafe { read(addr + 24) };
+        let version: u32 = mem.read(addr + 4);
+        let nr_modules: u32 = mem.read(addr + 12);
+        let modlist: u64 = mem.read(addr + 16);
+        let cmdline_paddr: u64 = mem.read(addr + 24);
         if version < 1 {
             return Err(BootInfoError::NoMemoryMap(version));
         }
-        let memmap: u64 = unsafe { read(addr + 40) };
-        let memmap_entries: u32 = unsafe { read(addr + 48) };
+        let memmap: u64 = mem.read(addr + 40);
+        let memmap_entries: u32 = mem.read(addr + 48);
 
         let mut info = BootInfo {
             regions: [MemoryRegion::default(); MAX_REGIONS],
@@ -112,20 +115,23 @@ impl BootInfo {
         for i in 0..(memmap_entries as usize).min(MAX_REGIONS) {
             let e = memmap + 24 * i as u64;
             info.regions[i] = MemoryRegion {
-                start: unsafe { read(e) },
-                len: unsafe { read(e + 8) },
-                kind: unsafe { read(e + 16) },
+                start: mem.read(e),
+                len: mem.read(e + 8),
+                kind: mem.read(e + 16),
             };
             info.region_count += 1;
         }
         for i in 0..(nr_modules as usize).min(MAX_MODULES) {
             let e = modlist + 32 * i as u64;
-            info.modules[i] = Module { start: unsafe { read(e) }, len: unsafe { read(e + 8) } };
+            info.modules[i] = Module {
+                start: mem.read(e),
+                len: mem.read(e + 8),
+            };
             info.module_count += 1;
         }
         if cmdline_paddr != 0 {
             while info.cmdline_len < MAX_CMDLINE {
-                let b: u8 = unsafe { read(cmdline_paddr + info.cmdline_len as u64) };
+                let b: u8 = mem.read(cmdline_paddr + info.cmdline_len as u64);
                 if b == 0 {
                     break;
                 }

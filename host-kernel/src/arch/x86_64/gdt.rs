@@ -25,13 +25,20 @@ struct IstStack([u8; IST_STACK_SIZE]);
 static mut IST_STACKS: [IstStack; 3] = [const { IstStack([0; IST_STACK_SIZE]) }; 3];
 
 static TSS: Once<TaskStateSegment> = Once::new();
-static GDT: Once<(GlobalDescriptorTable, SegmentSelector, SegmentSelector, SegmentSelector)> =
-    Once::new();
+static GDT: Once<(
+    GlobalDescriptorTable,
+    SegmentSelector,
+    SegmentSelector,
+    SegmentSelector,
+)> = Once::new();
 
 pub fn init() {
     let tss = TSS.call_once(|| {
         let mut tss = TaskStateSegment::new();
-        for (slot, index) in [IST_DOUBLE_FAULT, IST_PAGE_FAULT, IST_NMI_MC].into_iter().enumerate() {
+        for (slot, index) in [IST_DOUBLE_FAULT, IST_PAGE_FAULT, IST_NMI_MC]
+            .into_iter()
+            .enumerate()
+        {
             let base = (&raw const IST_STACKS) as u64 + (slot * IST_STACK_SIZE) as u64;
             tss.interrupt_stack_table[usize::from(index)] =
                 VirtAddr::new(base + IST_STACK_SIZE as u64);

@@ -65,7 +65,12 @@ fatal_handler!(device_na, "device not available (#NM)", 7);
 fatal_handler!(invalid_tss, "invalid TSS (#TS)", 10, code);
 fatal_handler!(segment_np, "segment not present (#NP)", 11, code);
 fatal_handler!(stack_segment, "stack-segment fault (#SS)", 12, code);
-fatal_handler!(general_protection, "general protection fault (#GP)", 13, code);
+fatal_handler!(
+    general_protection,
+    "general protection fault (#GP)",
+    13,
+    code
+);
 fatal_handler!(x87_fp, "x87 floating-point exception (#MF)", 16);
 fatal_handler!(alignment_check, "alignment check (#AC)", 17, code);
 fatal_handler!(simd_fp, "SIMD floating-point exception (#XM)", 19);
@@ -124,7 +129,8 @@ pub fn init() {
         idt.invalid_tss.set_handler_fn(invalid_tss);
         idt.segment_not_present.set_handler_fn(segment_np);
         idt.stack_segment_fault.set_handler_fn(stack_segment);
-        idt.general_protection_fault.set_handler_fn(general_protection);
+        idt.general_protection_fault
+            .set_handler_fn(general_protection);
         idt.x87_floating_point.set_handler_fn(x87_fp);
         idt.alignment_check.set_handler_fn(alignment_check);
         idt.simd_floating_point.set_handler_fn(simd_fp);
@@ -133,10 +139,18 @@ pub fn init() {
         // SAFETY: the IST indices name stacks installed in the TSS by `gdt::init`, which runs
         // first, and no other handler uses them.
         unsafe {
-            idt.double_fault.set_handler_fn(double_fault).set_stack_index(IST_DOUBLE_FAULT);
-            idt.page_fault.set_handler_fn(page_fault).set_stack_index(IST_PAGE_FAULT);
-            idt.non_maskable_interrupt.set_handler_fn(nmi).set_stack_index(IST_NMI_MC);
-            idt.machine_check.set_handler_fn(machine_check).set_stack_index(IST_NMI_MC);
+            idt.double_fault
+                .set_handler_fn(double_fault)
+                .set_stack_index(IST_DOUBLE_FAULT);
+            idt.page_fault
+                .set_handler_fn(page_fault)
+                .set_stack_index(IST_PAGE_FAULT);
+            idt.non_maskable_interrupt
+                .set_handler_fn(nmi)
+                .set_stack_index(IST_NMI_MC);
+            idt.machine_check
+                .set_handler_fn(machine_check)
+                .set_stack_index(IST_NMI_MC);
         }
         idt[IRQ_BASE + Irq::Timer as u8].set_handler_fn(irq_timer);
         idt[IRQ_BASE + Irq::Net as u8].set_handler_fn(irq_net);

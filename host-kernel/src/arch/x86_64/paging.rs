@@ -8,6 +8,7 @@
 //! - CR0.WP is set, so the kernel itself faults on writes to read-only pages;
 //! - no page is ever writable and executable at once; [`audit_wx`] walks the live tables and
 //!   counts violations (it is reported in `/_tuk/health` and checked at boot).
+//!
 //! Everything uses 4 KiB pages so that permissions can later change per page (Wasm code).
 
 use core::alloc::Layout;
@@ -46,8 +47,14 @@ pub struct KernelSections {
 pub fn kernel_sections() -> KernelSections {
     KernelSections {
         text: (&raw const __text_start as u64, &raw const __text_end as u64),
-        rodata: (&raw const __rodata_start as u64, &raw const __rodata_end as u64),
-        data: (&raw const __data_start as u64, &raw const __kernel_end as u64),
+        rodata: (
+            &raw const __rodata_start as u64,
+            &raw const __rodata_end as u64,
+        ),
+        data: (
+            &raw const __data_start as u64,
+            &raw const __kernel_end as u64,
+        ),
     }
 }
 
@@ -100,9 +107,12 @@ fn identity_map(
 /// which must therefore live in memory the boot tables map (the first GiB).
 pub fn init(ram: impl Iterator<Item = (u64, u64)>) {
     let s = kernel_sections();
-    let pml4_frame = HeapFrames.allocate_frame().expect("out of memory for the top-level page table");
+    let pml4_frame = HeapFrames
+        .allocate_frame()
+        .expect("out of memory for the top-level page table");
     // SAFETY: the frame is a fresh zeroed heap page, identity-mapped and never freed.
-    let pml4: &'static mut PageTable = unsafe { &mut *(pml4_frame.start_address().as_u64() as *mut PageTable) };
+    let pml4: &'static mut PageTable =
+        unsafe { &mut *(pml4_frame.start_address().as_u64() as *mut PageTable) };
     // SAFETY: physical memory is identity-mapped, so the physical offset is 0.
     let mut mapper = unsafe { OffsetPageTable::new(pml4, VirtAddr::new(0)) };
 
@@ -111,7 +121,10 @@ pub fn init(ram: impl Iterator<Item = (u64, u64)>) {
         (s.text, F::PRESENT),
         (s.rodata, F::PRESENT | F::NO_EXECUTE),
         ((s.data.0, guard), F::PRESENT | F::WRITABLE | F::NO_EXECUTE),
-        ((guard + PAGE, s.data.1), F::PRESENT | F::WRITABLE | F::NO_EXECUTE),
+        (
+            (guard + PAGE, s.data.1),
+            F::PRESENT | F::WRITABLE | F::NO_EXECUTE,
+        ),
     ];
     for ((start, end), flags) in sections {
         identity_map(&mut mapper, start, end, flags).expect("mapping the kernel image");
@@ -162,7 +175,10 @@ pub struct WxAudit {
 }
 
 fn walk(table: &PageTable, level: u8, writable: bool, executable: bool, out: &mut WxAudit) {
-    for entry in table.iter().filter(|e: &&PageTableEntry| e.flags().contains(F::PRESENT)) {
+    for entry in table
+        .iter()
+        .filter(|e: &&PageTableEntry| e.flags().contains(F::PRESENT))
+    {
         let f = entry.flags();
         let w = writable && f.contains(F::WRITABLE);
         let x = executable && !f.contains(F::NO_EXECUTE);
