@@ -5,9 +5,9 @@
 //! is taken by a connection, up to `max_connections` served at once (further SYNs get a RST,
 //! which a client sees as a refused connection, never as a hang).
 //!
-//! Every connection is bounded in time: the protocol engine enforces request and idle timeouts;
-//! the server adds a stall limit on output (a peer that stops reading) and a linger limit after
-//! close. Nothing a peer does can keep a socket forever.
+//! Every connection is bounded in time: the protocol engine enforces request and idle timeouts
+//! (idle includes a peer that stops reading our output); the server adds a linger limit after
+//! close and smoltcp a retransmission timeout. Nothing a peer does can keep a socket forever.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -32,8 +32,6 @@ struct Slot {
     peer_eof: bool,
     /// Set when the server closed its side (or began to).
     closing_since: Option<u64>,
-    /// Since when output has been pending without any progress.
-    stalled_since: Option<u64>,
 }
 
 pub struct HttpServer {
@@ -74,7 +72,6 @@ impl HttpServer {
             conn: None,
             peer_eof: false,
             closing_since: None,
-            stalled_since: None,
         });
         true
     }
@@ -134,7 +131,7 @@ impl HttpServer {
                 stats::add(&stats::CONNECTIONS_ACCEPTED, 1);
                 progress = true;
             }
-            progress |= serve(slot, socket, handler, now_ms, self.limits.idle_timeout_ms);
+            progress |= serve(slot, socket, handler, now_ms);
             if let Some(since) = slot.closing_since {
                 if now_ms.saturating_sub(since) > CLOSE_LINGER_MS {
                     socket.abort();
@@ -154,8 +151,7 @@ impl HttpServer {
             .flat_map(|s| {
                 let conn = s.conn.as_ref().and_then(Connection::next_deadline);
                 let linger = s.closing_since.map(|t| t + CLOSE_LINGER_MS + 1);
-                let stall = s.stalled_since.map(|t| t + self.limits.idle_timeout_ms + 1);
-                [conn, linger, stall]
+                [conn, linger]
             })
             .flatten()
             .min()
@@ -198,16 +194,18 @@ fn serve(
     socket: &mut tcp::Socket<'_>,
     handler: &mut dyn Handler,
     now_ms: u64,
-    stall_limit_ms: u64,
 ) -> bool {
     let Some(conn) = slot.conn.as_mut() else {
         return false;
     };
     let mut progress = false;
     while socket.can_recv() && conn.wants_input() {
+        // Take only what the connection will buffer; the rest waits in the socket (TCP flow
+        // control pushes back on the peer).
         let read = socket.recv(|buf| {
-            conn.receive(buf, now_ms);
-            (buf.len(), buf.len())
+            let n = buf.len().min(conn.input_room());
+            conn.receive(&buf[..n], now_ms);
+            (n, n)
         });
         match read {
             Ok(0) | Err(_) => break,
@@ -240,22 +238,6 @@ fn serve(
         }
     }
     progress |= sent_any;
-    if conn.output().is_empty() || sent_any {
-        slot.stalled_since = None;
-    } else if slot.stalled_since.is_none() {
-        slot.stalled_since = Some(now_ms);
-    }
-
-    let stalled = slot
-        .stalled_since
-        .is_some_and(|t| now_ms.saturating_sub(t) > stall_limit_ms);
-    if stalled {
-        // The peer stopped reading: give up on it.
-        socket.abort();
-        stats::add(&stats::TIMEOUTS, 1);
-        slot.conn = None;
-        return true;
-    }
     if conn.should_close() {
         socket.close();
         slot.conn = None;
