@@ -25,6 +25,8 @@ pub struct Config {
     pub listeners: usize,
     /// Connections served at once; beyond that new SYNs are refused.
     pub max_connections: usize,
+    /// Unix time (ms) when the launcher started the VM: the wall clock's origin.
+    pub unix_time_ms: Option<u64>,
 }
 
 impl Default for Config {
@@ -38,6 +40,7 @@ impl Default for Config {
             http: Limits::default(),
             listeners: 64,
             max_connections: 256,
+            unix_time_ms: None,
         }
     }
 }
@@ -106,6 +109,7 @@ impl Config {
                     .filter(|n| (1..=4096).contains(n))
                     .map(|n| c.max_connections = n)
                     .is_some(),
+                "time.unix_ms" => value.parse().map(|v| c.unix_time_ms = Some(v)).is_ok(),
                 // Added by QEMU's microvm; consumed by the virtio driver.
                 "virtio_mmio.device" => true,
                 _ => {

@@ -29,6 +29,7 @@ mod logger;
 mod mem;
 mod net;
 mod routes;
+mod wasm;
 
 use alloc::string::String;
 use core::panic::PanicInfo;
@@ -71,12 +72,33 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
     let sections = arch::kernel_sections();
     let free = mem::FreeRam::from_boot_info(&info, (sections.text.0, sections.data.1));
     mem::init_early(&free);
-    arch::init_paging(free.ranges());
+    let ram = info
+        .regions()
+        .iter()
+        .filter(|r| r.is_ram())
+        .map(|r| (r.start, r.end()));
+    arch::init_paging(ram);
     mem::init_late(&free);
+    for m in info.modules() {
+        // The boot pack is immutable from here on.
+        if let Err(e) = arch::protect(
+            m.start & !0xfff,
+            m.len + (m.start & 0xfff),
+            arch::Protection::ReadOnly,
+        ) {
+            fail!(
+                "cannot write-protect the boot module at {:#x}: {e:?}",
+                m.start
+            );
+        }
+    }
 
     let cmdline = String::from(cmdline);
     let (config, warnings) = Config::parse(&cmdline);
     logger::init(config.log_level);
+    if let Some(ms) = config.unix_time_ms {
+        arch::set_wall_clock(ms);
+    }
     let tsc_khz = arch::init_interrupts();
     log::info!(
         "tuk-kernel {} booting; cmdline: {cmdline}",
@@ -124,6 +146,14 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
         mac[5]
     );
 
+    let mut runtime = match wasm::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => fail!("{e}"),
+    };
+    for m in info.modules() {
+        deploy_boot_pack(&mut runtime, m.bytes());
+    }
+
     let mut stack = Stack::new(device, &config, arch::now_us());
     let mut server = HttpServer::new(
         config.port,
@@ -133,16 +163,52 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
     );
     server.replenish(&mut stack.sockets);
     let boot_us = arch::now_us();
-    let mut router = Router::new(BootFacts {
-        boot_us,
-        memory_total_bytes: free.total(),
-        wx,
-    });
+    let mut router = Router::new(
+        BootFacts {
+            boot_us,
+            memory_total_bytes: free.total(),
+            wx,
+        },
+        runtime,
+    );
     logger::console_line(format_args!(
         "tuk: ready listen={}:{} guest_boot_us={boot_us}",
         config.ip, config.port
     ));
     run(&mut stack, &mut server, &mut router)
+}
+
+/// Deploys every component in a boot pack. A component that fails to load is reported and
+/// skipped; the others are served.
+fn deploy_boot_pack(runtime: &mut wasm::Runtime, bytes: &[u8]) {
+    let pack = match tuk_bootpack::Pack::parse(bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            log::error!("boot module refused: {e}");
+            return;
+        }
+    };
+    for entry in &pack.entries {
+        let (limits, config) = match wasm::deployment_from_meta(entry.meta.iter().copied()) {
+            Ok(d) => d,
+            Err(e) => {
+                log::error!("component {} refused: {e}", entry.name);
+                continue;
+            }
+        };
+        let started = arch::now_us();
+        match runtime.deploy(entry.name, entry.data, limits, config) {
+            Ok(d) => log::info!(
+                "component {}: {} bytes of code, memory limit {} KiB, deadline {} ms, ready in {} us",
+                d.name,
+                d.code_bytes,
+                d.limits.memory_bytes >> 10,
+                d.limits.deadline_ms,
+                arch::now_us() - started
+            ),
+            Err(e) => log::error!("component {} refused: {e}", entry.name),
+        }
+    }
 }
 
 /// The event loop. Never returns: a `shutdown` console command exits the VM.

@@ -1,14 +1,16 @@
-//! Request routing: `/_tuk/...` goes to the kernel's own endpoints; `/<name>/...` will go to the
-//! Wasm component `name` (components issue). Everything else is a 404 with a JSON reason.
+//! Request routing: `/_tuk/...` goes to the kernel's own endpoints; `/<name>/...` goes to the
+//! Wasm component `name`, which sees the path below its prefix (`/<name>` alone is `/`).
+//! Anything else is a 404 with a JSON reason.
 
 use alloc::string::String;
 use core::fmt::Write;
 
 use tuk_http::{Handler, Request, Response};
 
-use crate::arch::{interrupt_count, tsc_khz, WxAudit};
+use crate::arch::{interrupt_count, random_source, tsc_khz, WxAudit};
 use crate::mem::heap_stats;
 use crate::net::stats::{self, get};
+use crate::wasm::Runtime;
 
 /// Facts fixed at boot that the health report repeats.
 pub struct BootFacts {
@@ -21,11 +23,61 @@ pub struct BootFacts {
 
 pub struct Router {
     facts: BootFacts,
+    runtime: Runtime,
+}
+
+/// Appends `s` as a JSON string literal.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 impl Router {
-    pub fn new(facts: BootFacts) -> Self {
-        Router { facts }
+    pub fn new(facts: BootFacts, runtime: Runtime) -> Self {
+        Router { facts, runtime }
+    }
+
+    fn components(&self) -> Response {
+        let mut body = String::from("{\"components\":[");
+        for (i, d) in self.runtime.components().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str("{\"name\":");
+            json_str(&mut body, &d.name);
+            let _ = write!(
+                body,
+                concat!(
+                    ",\"state\":\"{}\",\"code_bytes\":{},\"memory_limit_bytes\":{},\"deadline_ms\":{},",
+                    "\"requests\":{},\"traps\":{},\"deadline_exceeded\":{},\"instantiations\":{}"
+                ),
+                if d.broken.is_some() { "unavailable" } else { "serving" },
+                d.code_bytes,
+                d.limits.memory_bytes,
+                d.limits.deadline_ms,
+                d.stats.requests,
+                d.stats.traps,
+                d.stats.deadline_exceeded,
+                d.stats.instantiations,
+            );
+            if let Some(reason) = &d.broken {
+                body.push_str(",\"reason\":");
+                json_str(&mut body, reason);
+            }
+            body.push('}');
+        }
+        body.push_str("]}");
+        Response::json(200, body)
     }
 
     fn health(&self, now_ms: u64) -> Response {
@@ -38,7 +90,7 @@ impl Router {
             concat!(
                 "{{\"status\":\"ok\",\"kernel\":\"tuk-kernel\",\"version\":\"{}\",",
                 "\"uptime_ms\":{},\"boot_us\":{},\"clock\":\"tsc\",\"tsc_khz\":{},",
-                "\"interrupts\":{},",
+                "\"interrupts\":{},\"random\":\"{}\",\"components\":{},",
                 "\"memory\":{{\"total_bytes\":{},\"heap_bytes\":{},\"heap_used_bytes\":{}}},",
                 "\"paging\":{{\"mapped_pages\":{},\"executable_pages\":{},\"writable_executable_pages\":{}}},",
                 "\"http\":{{\"connections_accepted\":{},\"connections_active\":{},",
@@ -50,6 +102,8 @@ impl Router {
             self.facts.boot_us,
             tsc_khz(),
             interrupt_count(),
+            random_source(),
+            self.runtime.components().count(),
             self.facts.memory_total_bytes,
             heap.claimed_bytes,
             heap.allocated_bytes,
@@ -69,14 +123,18 @@ impl Router {
         Response::json(200, body)
     }
 
-    fn admin(&self, req: &Request, endpoint: &str, now_ms: u64) -> Response {
+    fn admin(&mut self, req: &Request, endpoint: &str, now_ms: u64) -> Response {
         match endpoint {
             "health" => match req.method.as_str() {
                 "GET" | "HEAD" => self.health(now_ms),
                 _ => Response::error(405, "use GET for /_tuk/health")
                     .with_header("Allow", "GET, HEAD"),
             },
-            _ => Response::error(404, "unknown kernel endpoint; try GET /_tuk/health"),
+            "components" => self.components(),
+            _ => Response::error(
+                404,
+                "unknown kernel endpoint; try GET /_tuk/health or /_tuk/components",
+            ),
         }
     }
 }
@@ -86,9 +144,17 @@ impl Handler for Router {
         if let Some(endpoint) = req.path.strip_prefix("/_tuk/") {
             return self.admin(req, endpoint, now_ms);
         }
-        Response::error(
-            404,
-            "no component serves this path; the kernel's endpoints are under /_tuk/",
-        )
+        let rest = req.path.strip_prefix('/').unwrap_or(&req.path);
+        let (name, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        match self.runtime.dispatch(name, path, req) {
+            Some(resp) => resp,
+            None => Response::error(
+                404,
+                "no component serves this path; see GET /_tuk/components for what is deployed",
+            ),
+        }
     }
 }

@@ -4,11 +4,17 @@
 mod x86_64;
 
 pub use self::x86_64::{
-    apic::{arm_timer, has_pending, interrupt_count, route, take_pending, Irq},
+    apic::{
+        arm_timer, has_pending, interrupt_count, route, set_timer_hook, start_periodic_timer,
+        stop_timer, take_pending, Irq,
+    },
     boot_info::BootInfo,
-    cpu::{disable_interrupts, enable_interrupts, exit_qemu, halt_until_interrupt, ExitCode},
+    cpu::{
+        disable_interrupts, enable_interrupts, exit_qemu, halt_until_interrupt, random_source,
+        random_u64, ExitCode,
+    },
     init_early, init_interrupts, init_paging,
-    paging::{audit_wx, kernel_sections, map_mmio, WxAudit},
+    paging::{audit_wx, kernel_sections, map_mmio, protect, Protection, WxAudit},
     parse_boot_info, port,
-    time::{now_us, tsc_khz},
+    time::{now_us, set_wall_clock, tsc_khz, wall_clock_ns},
 };

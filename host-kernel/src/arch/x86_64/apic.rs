@@ -46,6 +46,7 @@ const LAPIC_TIMER_INIT: usize = 0x380;
 const LAPIC_TIMER_CURRENT: usize = 0x390;
 const LAPIC_TIMER_DIVIDE: usize = 0x3e0;
 const LVT_MASKED: u32 = 1 << 16;
+const LVT_PERIODIC: u32 = 1 << 17;
 
 static LAPIC: AtomicU64 = AtomicU64::new(0);
 /// LAPIC timer ticks (divide-by-16) per millisecond.
@@ -121,8 +122,41 @@ pub fn arm_timer(delay_us: u64) {
     lapic_write(LAPIC_TIMER_INIT, ticks as u32);
 }
 
+/// Makes the timer fire every `period_us` until the next [`arm_timer`] (used as the
+/// preemption tick while Wasm runs).
+pub fn start_periodic_timer(period_us: u64) {
+    let per_ms = LAPIC_TICKS_PER_MS.load(Ordering::Relaxed);
+    let ticks = (period_us.saturating_mul(per_ms) / 1000).clamp(1, u64::from(u32::MAX));
+    lapic_write(
+        LAPIC_LVT_TIMER,
+        LVT_PERIODIC | u32::from(IRQ_BASE + Irq::Timer as u8),
+    );
+    lapic_write(LAPIC_TIMER_INIT, ticks as u32);
+}
+
+/// Stops the timer (until the next [`arm_timer`] or [`start_periodic_timer`]).
+pub fn stop_timer() {
+    lapic_write(LAPIC_TIMER_INIT, 0);
+}
+
+/// A function the timer interrupt calls (in interrupt context: it must not allocate, lock or
+/// block). Used to advance wasmtime's epoch.
+static TIMER_HOOK: AtomicU64 = AtomicU64::new(0);
+
+pub fn set_timer_hook(hook: fn()) {
+    TIMER_HOOK.store(hook as usize as u64, Ordering::Release);
+}
+
 /// Called from the interrupt handlers: record and acknowledge.
 pub fn interrupt_arrived(irq: Irq) {
+    if irq == Irq::Timer {
+        let hook = TIMER_HOOK.load(Ordering::Acquire);
+        if hook != 0 {
+            // SAFETY: the value was stored from a `fn()` by `set_timer_hook`.
+            let hook: fn() = unsafe { core::mem::transmute::<usize, fn()>(hook as usize) };
+            hook();
+        }
+    }
     PENDING.fetch_or(1 << irq as u32, Ordering::AcqRel);
     COUNT.fetch_add(1, Ordering::Relaxed);
     lapic_write(LAPIC_EOI, 0);

@@ -14,7 +14,8 @@
 use core::arch::global_asm;
 
 /// Size of the boot (and only) kernel stack.
-pub const BOOT_STACK_SIZE: usize = 256 * 1024;
+/// Wasm runs on it too: it must exceed `tuk_engine::MAX_WASM_STACK` with room for the kernel.
+pub const BOOT_STACK_SIZE: usize = 1024 * 1024;
 
 global_asm!(
     r#"

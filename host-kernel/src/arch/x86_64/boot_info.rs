@@ -51,6 +51,7 @@ pub struct BootInfo {
 pub enum BootInfoError {
     BadMagic(u32),
     NoMemoryMap(u32),
+    ModuleOutsideRam(u64, u64),
 }
 
 impl core::fmt::Display for BootInfoError {
@@ -63,6 +64,10 @@ impl core::fmt::Display for BootInfoError {
             Self::NoMemoryMap(v) => write!(
                 f,
                 "hvm_start_info version {v} has no memory map (need version >= 1: QEMU >= 4.2 or Xen >= 4.12)"
+            ),
+            Self::ModuleOutsideRam(start, len) => write!(
+                f,
+                "PVH module at {start:#x} ({len} bytes) is not inside RAM above 1 MiB: refusing it"
             ),
         }
     }
@@ -78,6 +83,17 @@ impl LoaderMemory {
         // where PVH loaders place `hvm_start_info`, the module list, the memory map and the
         // command line. Reads tolerate misalignment.
         unsafe { (addr as *const T).read_unaligned() }
+    }
+}
+
+impl Module {
+    /// The module's bytes. PVH modules are RAM the loader filled before entry; `paging::init`
+    /// maps them (read-only after `protect`), the allocator never hands them out.
+    pub fn bytes(&self) -> &'static [u8] {
+        // SAFETY: the range was validated against the memory map by `BootInfo::parse` (it lies
+        // in RAM), is identity-mapped by the final page tables and excluded from the heap
+        // (`mem::FreeRam`), so nothing writes it for the kernel's lifetime.
+        unsafe { core::slice::from_raw_parts(self.start as *const u8, self.len as usize) }
     }
 }
 
@@ -123,10 +139,18 @@ impl BootInfo {
         }
         for i in 0..(nr_modules as usize).min(MAX_MODULES) {
             let e = modlist + 32 * i as u64;
-            info.modules[i] = Module {
+            let module = Module {
                 start: mem.read(e),
                 len: mem.read(e + 8),
             };
+            let end = module.start.checked_add(module.len);
+            let in_ram = info.regions().iter().any(|r| {
+                r.is_ram() && module.start >= r.start && end.is_some_and(|e| e <= r.end())
+            });
+            if !in_ram || module.start < 0x10_0000 {
+                return Err(BootInfoError::ModuleOutsideRam(module.start, module.len));
+            }
+            info.modules[i] = module;
             info.module_count += 1;
         }
         if cmdline_paddr != 0 {

@@ -64,3 +64,47 @@ pub fn read_cr2() -> u64 {
     unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) }
     v
 }
+
+/// A 64-bit hardware random number (RDRAND), or `None` if the CPU has no RDRAND or it
+/// failed ten times in a row (Intel's guidance for retry).
+fn rdrand() -> Option<u64> {
+    let has_rdrand = core::arch::x86_64::__cpuid(1).ecx & (1 << 30) != 0;
+    if !has_rdrand {
+        return None;
+    }
+    for _ in 0..10 {
+        let value: u64;
+        let ok: u8;
+        // SAFETY: RDRAND is supported (checked above); it only writes the output registers.
+        unsafe {
+            asm!("rdrand {v}", "setc {ok}", v = out(reg) value, ok = out(reg_byte) ok, options(nomem, nostack))
+        }
+        if ok == 1 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Where random numbers come from on this CPU (reported in health).
+pub fn random_source() -> &'static str {
+    if rdrand().is_some() {
+        "rdrand"
+    } else {
+        "tsc-splitmix (not cryptographic: the CPU has no RDRAND)"
+    }
+}
+
+/// A random 64-bit number: RDRAND; without it, a SplitMix64 sequence seeded from the TSC
+/// (unpredictable to a remote peer only in a weak sense: see `random_source`).
+pub fn random_u64() -> u64 {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    if let Some(v) = rdrand() {
+        return v;
+    }
+    let mut z = STATE.fetch_add(0x9e37_79b9_7f4a_7c15 ^ rdtsc(), Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

@@ -208,3 +208,51 @@ pub fn audit_wx() -> WxAudit {
     walk(pml4, 4, true, true, &mut out);
     out
 }
+
+/// Page permissions a caller may ask for. There is deliberately no writable+executable value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protection {
+    /// Not accessible (the entry keeps its frame but is not present).
+    None,
+    ReadOnly,
+    ReadWrite,
+    ReadExecute,
+}
+
+/// Changes the permissions of the identity-mapped RAM pages covering `[start, start + len)`.
+/// `start` must be page-aligned and the pages must have been mapped by [`init`] (RAM).
+pub fn protect(start: u64, len: u64, prot: Protection) -> Result<(), ProtectError> {
+    if !start.is_multiple_of(PAGE) {
+        return Err(ProtectError::Unaligned(start));
+    }
+    let flags = match prot {
+        Protection::None => F::NO_EXECUTE,
+        Protection::ReadOnly => F::PRESENT | F::NO_EXECUTE,
+        Protection::ReadWrite => F::PRESENT | F::WRITABLE | F::NO_EXECUTE,
+        Protection::ReadExecute => F::PRESENT,
+    };
+    let mut tables = TABLES.lock();
+    let mapper = tables.as_mut().ok_or(ProtectError::NoTables)?;
+    let end = start
+        .checked_add(len)
+        .ok_or(ProtectError::NotMapped(start))?;
+    let mut addr = start;
+    while addr < end {
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(addr));
+        // SAFETY: only RAM pages owned by the caller (heap allocations it was handed) change;
+        // the kernel image and page tables are never passed here (callers own their ranges).
+        match unsafe { mapper.update_flags(page, flags) } {
+            Ok(flush) => flush.flush(),
+            Err(_) => return Err(ProtectError::NotMapped(addr)),
+        }
+        addr += PAGE;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtectError {
+    Unaligned(u64),
+    NotMapped(u64),
+    NoTables,
+}

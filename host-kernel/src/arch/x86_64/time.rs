@@ -66,3 +66,17 @@ pub fn now_us() -> u64 {
     let ticks = rdtsc().saturating_sub(boot_tsc());
     (u128::from(ticks) * 1000 / u128::from(khz)) as u64
 }
+
+/// Unix time (ns) at TSC zero, from the launcher (`time.unix_ms=` on the command line).
+static WALL_AT_BOOT_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the wall clock: `unix_ms` was the Unix time when the launcher started the VM (close to
+/// TSC zero; the error is the launcher-to-entry delay, a few milliseconds).
+pub fn set_wall_clock(unix_ms: u64) {
+    WALL_AT_BOOT_NS.store(unix_ms.saturating_mul(1_000_000), Ordering::Relaxed);
+}
+
+/// Nanoseconds since the Unix epoch (since boot if the launcher gave no time).
+pub fn wall_clock_ns() -> u128 {
+    u128::from(WALL_AT_BOOT_NS.load(Ordering::Relaxed)) + u128::from(now_us()) * 1000
+}

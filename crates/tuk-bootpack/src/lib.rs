@@ -1,0 +1,347 @@
+//! The boot pack: the one blob the launcher hands the host-kernel at boot (as the PVH module,
+//! QEMU's `-initrd`), carrying the components to serve.
+//!
+//! ```text
+//! pack   = magic "TUKPACK1" | count: u32 LE | entry * count
+//! entry  = name_len: u16 LE | name (UTF-8, [a-z0-9-], 1..=63 bytes)
+//!        | meta_len: u32 LE | meta (UTF-8 lines `key=value\n`)
+//!        | data_len: u64 LE | data (the component's compiled code, `tuk compile` output)
+//! ```
+//!
+//! [`Pack::parse`] is the checked constructor for untrusted bytes: it validates every length
+//! against the remaining input before slicing, bounds the entry count, checks names and
+//! metadata, and rejects trailing bytes and duplicate names. After it succeeds, accessors never
+//! panic. Nothing here trusts the pack: the kernel measures and (with signing) verifies each
+//! entry before instantiating it.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+pub const MAGIC: &[u8; 8] = b"TUKPACK1";
+/// Upper bound on components in one pack.
+pub const MAX_ENTRIES: usize = 64;
+/// Upper bound on one entry's metadata.
+pub const MAX_META: usize = 16 * 1024;
+pub const MAX_NAME: usize = 63;
+
+/// One component in a pack, borrowing the pack's bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry<'a> {
+    pub name: &'a str,
+    /// `key=value` pairs in the order given.
+    pub meta: Vec<(&'a str, &'a str)>,
+    pub data: &'a [u8],
+}
+
+impl<'a> Entry<'a> {
+    /// The first value for `key`.
+    pub fn meta(&self, key: &str) -> Option<&'a str> {
+        self.meta.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pack<'a> {
+    pub entries: Vec<Entry<'a>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PackError {
+    BadMagic,
+    Truncated { needed: u64, at: usize },
+    TooManyEntries(u32),
+    BadName(String),
+    DuplicateName(String),
+    BadMeta { entry: String, reason: &'static str },
+    TrailingBytes(usize),
+}
+
+impl fmt::Display for PackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadMagic => write!(f, "not a tuk boot pack (bad magic): build it with `tuk run --component`"),
+            Self::Truncated { needed, at } => {
+                write!(f, "boot pack truncated: {needed} more bytes needed at offset {at}")
+            }
+            Self::TooManyEntries(n) => write!(f, "boot pack lists {n} components; at most {MAX_ENTRIES}"),
+            Self::BadName(n) => write!(
+                f,
+                "invalid component name {n:?}: use 1-{MAX_NAME} characters from [a-z0-9-], not starting with '-' or '_'"
+            ),
+            Self::DuplicateName(n) => write!(f, "component name {n:?} appears twice in the boot pack"),
+            Self::BadMeta { entry, reason } => write!(f, "component {entry:?}: invalid metadata: {reason}"),
+            Self::TrailingBytes(n) => write!(f, "boot pack has {n} unexpected trailing bytes"),
+        }
+    }
+}
+
+/// True if `name` is a valid component name (also the first path segment it is routed by).
+pub fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME).contains(&name.len())
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: u64) -> Result<&'a [u8], PackError> {
+        let rest = (self.bytes.len() - self.at) as u64;
+        if n > rest {
+            return Err(PackError::Truncated {
+                needed: n - rest,
+                at: self.at,
+            });
+        }
+        let n = n as usize;
+        let out = &self.bytes[self.at..self.at + n];
+        self.at += n;
+        Ok(out)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], PackError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N as u64)?);
+        Ok(out)
+    }
+}
+
+fn parse_meta<'a>(entry: &str, bytes: &'a [u8]) -> Result<Vec<(&'a str, &'a str)>, PackError> {
+    let bad = |reason| PackError::BadMeta {
+        entry: entry.into(),
+        reason,
+    };
+    let text = core::str::from_utf8(bytes).map_err(|_| bad("not UTF-8"))?;
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let (k, v) = line.split_once('=').ok_or(bad("a line without '='"))?;
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic() && b != b'=') {
+                return Err(bad("a key that is empty or not printable ASCII"));
+            }
+            Ok((k, v))
+        })
+        .collect()
+}
+
+impl<'a> Pack<'a> {
+    /// Parses and validates a pack (see the module docs for what is checked).
+    pub fn parse(bytes: &'a [u8]) -> Result<Pack<'a>, PackError> {
+        let mut r = Reader { bytes, at: 0 };
+        if r.take(8).map_err(|_| PackError::BadMagic)? != MAGIC {
+            return Err(PackError::BadMagic);
+        }
+        let count = u32::from_le_bytes(r.array()?);
+        if count as usize > MAX_ENTRIES {
+            return Err(PackError::TooManyEntries(count));
+        }
+        let mut entries: Vec<Entry<'a>> = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let name_len = u16::from_le_bytes(r.array()?);
+            let name_bytes = r.take(u64::from(name_len))?;
+            let name = core::str::from_utf8(name_bytes)
+                .ok()
+                .filter(|n| valid_name(n))
+                .ok_or_else(|| PackError::BadName(String::from_utf8_lossy(name_bytes).into()))?;
+            if entries.iter().any(|e| e.name == name) {
+                return Err(PackError::DuplicateName(name.into()));
+            }
+            let meta_len = u32::from_le_bytes(r.array()?);
+            if meta_len as usize > MAX_META {
+                return Err(PackError::BadMeta {
+                    entry: name.into(),
+                    reason: "longer than 16 KiB",
+                });
+            }
+            let meta = parse_meta(name, r.take(u64::from(meta_len))?)?;
+            let data_len = u64::from_le_bytes(r.array()?);
+            let data = r.take(data_len)?;
+            entries.push(Entry { name, meta, data });
+        }
+        match bytes.len() - r.at {
+            0 => Ok(Pack { entries }),
+            n => Err(PackError::TrailingBytes(n)),
+        }
+    }
+}
+
+/// Builds a pack. Names and metadata are validated; the result always parses.
+#[derive(Default)]
+pub struct PackBuilder {
+    out: Vec<u8>,
+    names: Vec<String>,
+}
+
+impl PackBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(
+        &mut self,
+        name: &str,
+        meta: &[(&str, &str)],
+        data: &[u8],
+    ) -> Result<&mut Self, PackError> {
+        if !valid_name(name) {
+            return Err(PackError::BadName(name.into()));
+        }
+        if self.names.iter().any(|n| n == name) {
+            return Err(PackError::DuplicateName(name.into()));
+        }
+        if self.names.len() == MAX_ENTRIES {
+            return Err(PackError::TooManyEntries(MAX_ENTRIES as u32 + 1));
+        }
+        let mut meta_text = String::new();
+        for (k, v) in meta {
+            if k.is_empty()
+                || !k.bytes().all(|b| b.is_ascii_graphic() && b != b'=')
+                || v.contains('\n')
+                || v.contains('\r')
+            {
+                return Err(PackError::BadMeta {
+                    entry: name.into(),
+                    reason: "keys are printable ASCII without '='; values are one line",
+                });
+            }
+            meta_text.push_str(k);
+            meta_text.push('=');
+            meta_text.push_str(v);
+            meta_text.push('\n');
+        }
+        if meta_text.len() > MAX_META {
+            return Err(PackError::BadMeta {
+                entry: name.into(),
+                reason: "longer than 16 KiB",
+            });
+        }
+        self.out
+            .extend_from_slice(&(name.len() as u16).to_le_bytes());
+        self.out.extend_from_slice(name.as_bytes());
+        self.out
+            .extend_from_slice(&(meta_text.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(meta_text.as_bytes());
+        self.out
+            .extend_from_slice(&(data.len() as u64).to_le_bytes());
+        self.out.extend_from_slice(data);
+        self.names.push(name.into());
+        Ok(self)
+    }
+
+    pub fn finish(&self) -> Vec<u8> {
+        let mut pack = Vec::with_capacity(12 + self.out.len());
+        pack.extend_from_slice(MAGIC);
+        pack.extend_from_slice(&(self.names.len() as u32).to_le_bytes());
+        pack.extend_from_slice(&self.out);
+        pack
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let mut b = PackBuilder::new();
+        b.add(
+            "hello",
+            &[
+                ("memory_limit_bytes", "1048576"),
+                ("config.greeting", "hi = there"),
+            ],
+            b"code1",
+        )
+        .unwrap();
+        b.add("kv", &[], b"").unwrap();
+        b.finish()
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = sample();
+        let pack = Pack::parse(&bytes).unwrap();
+        assert_eq!(pack.entries.len(), 2);
+        assert_eq!(pack.entries[0].name, "hello");
+        assert_eq!(pack.entries[0].meta("config.greeting"), Some("hi = there"));
+        assert_eq!(pack.entries[0].data, b"code1");
+        assert_eq!(pack.entries[1].name, "kv");
+        assert!(pack.entries[1].meta.is_empty());
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = sample();
+        for n in 0..bytes.len() {
+            assert!(
+                Pack::parse(&bytes[..n]).is_err(),
+                "prefix of {n} bytes parsed"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let mut bytes = sample();
+        bytes.push(0);
+        assert_eq!(Pack::parse(&bytes), Err(PackError::TrailingBytes(1)));
+        assert_eq!(Pack::parse(b"NOTAPACK\0\0\0\0"), Err(PackError::BadMagic));
+        let mut many = MAGIC.to_vec();
+        many.extend_from_slice(&1000u32.to_le_bytes());
+        assert_eq!(Pack::parse(&many), Err(PackError::TooManyEntries(1000)));
+        // A length field claiming more than the input is a truncation, not a huge allocation.
+        let mut huge = MAGIC.to_vec();
+        huge.extend_from_slice(&1u32.to_le_bytes());
+        huge.extend_from_slice(&1u16.to_le_bytes());
+        huge.push(b'a');
+        huge.extend_from_slice(&0u32.to_le_bytes());
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            Pack::parse(&huge),
+            Err(PackError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for bad in ["", "Hello", "a/b", "-x", "_tuk", &"a".repeat(64)] {
+            assert!(
+                PackBuilder::new().add(bad, &[], b"").is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        let mut b = PackBuilder::new();
+        b.add("a", &[], b"").unwrap();
+        assert_eq!(
+            b.add("a", &[], b"").err(),
+            Some(PackError::DuplicateName("a".into()))
+        );
+        assert!(PackBuilder::new()
+            .add("a", &[("k", "v\nx=y")], b"")
+            .is_err());
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let base = sample();
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut bytes = base.clone();
+            let i = (state as usize) % bytes.len();
+            bytes[i] = (state >> 32) as u8;
+            let cut = (state >> 40) as usize % (bytes.len() + 1);
+            let _ = Pack::parse(&bytes[..cut]);
+        }
+    }
+}
