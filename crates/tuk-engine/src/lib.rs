@@ -44,6 +44,10 @@ pub fn configure(config: &mut wasmtime::Config) {
     config.memory_reservation_for_growth(0);
     config.memory_init_cow(false);
     config.epoch_interruption(true);
+    // Relaxed SIMD's fused multiply-add would become a float libcall into the kernel without
+    // FMA (which needs AVX state); the kernel is soft-float, so no float may cross that
+    // boundary. With SSE4.1 enabled, rounding instructions are native too (no libcalls).
+    config.wasm_relaxed_simd(false);
     config.wasm_component_model(true);
     config.max_wasm_stack(MAX_WASM_STACK);
     #[cfg(feature = "compiler")]

@@ -10,8 +10,8 @@ pub use self::x86_64::{
     },
     boot_info::BootInfo,
     cpu::{
-        disable_interrupts, enable_interrupts, exit_qemu, halt_until_interrupt, random_source,
-        random_u64, ExitCode,
+        disable_interrupts, enable_interrupts, exit_qemu, halt_until_interrupt, has_feature,
+        random_source, random_u64, ExitCode,
     },
     init_early, init_interrupts, init_paging,
     paging::{audit_wx, kernel_sections, map_mmio, protect, Protection, WxAudit},

@@ -121,7 +121,8 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new() -> Result<Runtime, String> {
-        let engine = Engine::new(&tuk_engine::config()).map_err(|e| format!("wasm engine: {e}"))?;
+        let engine =
+            Engine::new(&platform::engine_config()).map_err(|e| format!("wasm engine: {e}"))?;
         let engine = ENGINE.call_once(|| engine).clone();
         arch::set_timer_hook(epoch_tick);
         let mut linker = Linker::new(&engine);
@@ -142,7 +143,7 @@ impl Runtime {
         config: BTreeMap<String, String>,
     ) -> Result<&Deployed, LoadError> {
         let component = platform::load_component(&self.engine, code)
-            .map_err(|e| LoadError::Deserialize(e.to_string()))?;
+            .map_err(|e| LoadError::Deserialize(format!("{e:#}")))?;
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
@@ -252,14 +253,13 @@ impl Deployed {
                     )
                 } else {
                     self.stats.traps += 1;
+                    let summary = trap_summary(&e);
                     log::warn!(
-                        "component {} trapped: {e:#}; rebuilding the instance",
+                        "component {} trapped: {summary}; rebuilding the instance",
                         self.name
                     );
-                    Response::error(
-                        500,
-                        &format!("component {} trapped: {}", self.name, trap_summary(&e)),
-                    )
+                    log::debug!("component {}: {e:?}", self.name);
+                    Response::error(500, &format!("component {} trapped: {summary}", self.name))
                 };
                 self.rebuild();
                 response
@@ -268,10 +268,13 @@ impl Deployed {
     }
 }
 
-/// The first line of an error (wasmtime appends a Wasm backtrace after it).
+/// What went wrong, without wasmtime's backtrace: the trap ("wasm `unreachable` instruction
+/// executed") or the root cause of another error.
 fn trap_summary(e: &wasmtime::Error) -> String {
-    let text = format!("{e}");
-    text.lines().next().unwrap_or("trap").to_string()
+    match e.downcast_ref::<Trap>() {
+        Some(trap) => format!("{trap}"),
+        None => format!("{}", e.root_cause()),
+    }
 }
 
 /// Parses a deployment's `key=value` metadata into limits and configuration.

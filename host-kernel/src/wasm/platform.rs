@@ -168,3 +168,19 @@ pub fn load_component(
     // SAFETY: see above: the bytes come from the boot pack the operator's launcher compiled.
     unsafe { wasmtime::component::Component::deserialize(engine, code) }
 }
+
+/// The engine configuration: `tuk_engine`'s settings, plus CPU feature detection (no_std
+/// wasmtime cannot probe the CPU itself and refuses compiled code it cannot vouch for).
+pub fn engine_config() -> wasmtime::Config {
+    let mut config = tuk_engine::config();
+    // SAFETY: `arch::has_feature` reads CPUID, so it reports only features this CPU has, and
+    // reports AVX as absent because the kernel does not enable its register state.
+    // The kernel is soft-float while compiled Wasm passes floats in SSE registers; that only
+    // matters for float libcalls, and tuk's engine settings avoid all of them: SSE4.1 makes
+    // rounding native and relaxed SIMD (fused multiply-add) is disabled (`tuk_engine`).
+    unsafe {
+        config.detect_host_feature(crate::arch::has_feature);
+        config.x86_float_abi_ok(true);
+    }
+    config
+}

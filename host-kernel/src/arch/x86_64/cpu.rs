@@ -108,3 +108,28 @@ pub fn random_u64() -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
+
+/// Whether this CPU has an ISA feature, by the Rust standard library's name for it (what
+/// wasmtime asks before running code compiled with that feature). `None` for names this
+/// kernel does not know. AVX-family features report `false`: the kernel does not enable
+/// XSAVE/YMM state, so they are unusable even where the CPU has them.
+pub fn has_feature(name: &str) -> Option<bool> {
+    let leaf1 = core::arch::x86_64::__cpuid(1);
+    let leaf7 = core::arch::x86_64::__cpuid_count(7, 0);
+    let ext1 = core::arch::x86_64::__cpuid(0x8000_0001);
+    let bit = |reg: u32, n: u32| reg & (1 << n) != 0;
+    Some(match name {
+        "sse" | "sse2" => true,
+        "sse3" => bit(leaf1.ecx, 0),
+        "ssse3" => bit(leaf1.ecx, 9),
+        "sse4.1" => bit(leaf1.ecx, 19),
+        "sse4.2" => bit(leaf1.ecx, 20),
+        "popcnt" => bit(leaf1.ecx, 23),
+        "bmi1" => bit(leaf7.ebx, 3),
+        "bmi2" => bit(leaf7.ebx, 8),
+        "lzcnt" => bit(ext1.ecx, 5),
+        "avx" | "avx2" | "fma" | "avx512f" | "avx512vl" | "avx512dq" | "avx512bitalg"
+        | "avx512vbmi" | "avx512bw" | "avx512cd" => false,
+        _ => return None,
+    })
+}
