@@ -17,7 +17,7 @@ mod platform;
 
 use alloc::collections::BTreeMap;
 use alloc::format;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 
 use spin::Once;
 use tuk_http::{Request, Response};
