@@ -240,7 +240,7 @@ fn run(stack: &mut Stack, server: &mut HttpServer, router: &mut Router) -> ! {
 
         let now = arch::now_us();
         if let Some(started) = shutdown_at {
-            if server.is_drained() || now - started > SHUTDOWN_DRAIN_US {
+            if server.is_drained(&stack.sockets) || now - started > SHUTDOWN_DRAIN_US {
                 logger::console_line(format_args!("tuk: shutdown clean"));
                 arch::exit_qemu(ExitCode::Clean);
             }

@@ -17,7 +17,13 @@ pub const TARGET: &str = "x86_64-unknown-none";
 
 /// Cranelift ISA flags enabled for compiled components. SSE up to 4.2 and POPCNT only: AVX
 /// would need the kernel to enable XSAVE state (CR4.OSXSAVE, XCR0), which it does not.
-pub const ISA_FLAGS: &[&str] = &["has_sse3", "has_ssse3", "has_sse41", "has_sse42", "has_popcnt"];
+pub const ISA_FLAGS: &[&str] = &[
+    "has_sse3",
+    "has_ssse3",
+    "has_sse41",
+    "has_sse42",
+    "has_popcnt",
+];
 
 /// The QEMU CPU model that provides every flag in [`ISA_FLAGS`] (under TCG and KVM).
 pub const QEMU_CPU_MODEL: &str = "max";
@@ -56,7 +62,9 @@ pub fn configure(config: &mut wasmtime::Config) {
 
 #[cfg(feature = "compiler")]
 fn compiler_settings(config: &mut wasmtime::Config) {
-    config.target(TARGET).expect("Cranelift supports x86_64-unknown-none");
+    config
+        .target(TARGET)
+        .expect("Cranelift supports x86_64-unknown-none");
     for flag in ISA_FLAGS {
         // SAFETY: the flags name CPU features that QEMU_CPU_MODEL provides to the guest; the
         // launcher starts every VM with that model.

@@ -175,9 +175,13 @@ impl HttpServer {
         }
     }
 
-    /// True when no socket is left open.
-    pub fn is_drained(&self) -> bool {
-        self.slots.is_empty()
+    /// True when every response has been handed to TCP and fully acknowledged by the peers
+    /// (idle keep-alive connections need not close for that).
+    pub fn is_drained(&self, sockets: &SocketSet<'static>) -> bool {
+        self.slots.iter().all(|s| {
+            s.conn.as_ref().is_none_or(|c| c.output().is_empty())
+                && sockets.get::<tcp::Socket>(s.handle).send_queue() == 0
+        })
     }
 }
 

@@ -6,7 +6,8 @@
 //! 2. builds temporary identity page tables for the first 1 GiB (2 MiB pages); the final,
 //!    W^X-enforcing tables are built in Rust by `paging::init`;
 //! 3. enables SSE (CR0.EM=0, TS=0, MP=1; CR4.OSFXSR|OSXMMEXCPT), PAE, long mode and NXE;
-//! 4. loads a minimal 64-bit GDT, switches to the boot stack and calls `kernel_entry`.
+//! 4. loads a minimal 64-bit GDT, switches to the boot stack, executes one SSE instruction
+//!    (so a platform that cannot run SSE fails at boot) and calls `kernel_entry`.
 //!
 //! The boot stack has a guard page below it, unmapped by `paging::init`, so an overflow is a
 //! page fault (handled on its own IST stack) instead of silent corruption.
@@ -86,6 +87,9 @@ pvh_start64:
     mov gs, ax
     lea rsp, [boot_stack_top]
     xor rbp, rbp
+    /* Execute one SSE instruction now: compiled Wasm needs SSE, and a hypervisor that cannot
+       run it (nested PVM KVM, docs/platform.md) must fail the boot, not a later request. */
+    xorps xmm0, xmm0
     mov edi, esi                    /* arg 0: physical address of hvm_start_info */
     call kernel_entry
 2:  cli

@@ -1,0 +1,639 @@
+//! One running host-kernel VM: boot, readiness, console, shutdown.
+//!
+//! Contract (docs/contracts.md): QEMU's stdin/stdout are the serial console; readiness is the
+//! first `200` from `GET /_tuk/health` on the forwarded port; `shutdown\n` on the console stops
+//! the kernel, which exits QEMU with status 33. An [`Instance`] owns its QEMU process: dropping
+//! it kills QEMU, so no VM outlives its owner (a `SIGKILL` of the owner itself excepted).
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::console::Capture;
+use crate::error::tail;
+use crate::health::{self, Health, HEALTH_PATH};
+use crate::qemu::{self, Accel};
+use crate::LaunchError;
+
+/// The console copy inside the state directory.
+pub const CONSOLE_LOG: &str = "console.log";
+/// QEMU's own stderr inside the state directory.
+pub const STDERR_LOG: &str = "qemu-stderr.log";
+/// QEMU's exit status after the kernel wrote 0x10 to isa-debug-exit.
+pub const EXIT_CLEAN: i32 = 33;
+/// QEMU's exit status after a kernel fault or panic (0x01 to isa-debug-exit).
+pub const EXIT_FAULT: i32 = 3;
+/// How long [`Accel::Auto`] gives KVM before falling back to TCG.
+pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How often the boot loop looks at QEMU and the console.
+const POLL: Duration = Duration::from_millis(50);
+/// Per-try limit of a readiness probe.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Before the kernel prints its ready line, probe only this often: QEMU's user networking
+/// accepts every host connection at once and then holds it while the guest does not answer,
+/// so early probes only cost time and leave half-open connections for the guest to reap.
+const PROBE_BEFORE_READY: Duration = Duration::from_secs(1);
+/// How long to wait for the capture threads to drain after QEMU exits.
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// How to boot one VM.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub kernel: PathBuf,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    /// Host address QEMU forwards to the guest's HTTP port (IPv4).
+    pub listen: SocketAddr,
+    /// Appended to `-append` as `key=value`, in order.
+    pub kernel_args: Vec<(String, String)>,
+    /// Holds `console.log` and `qemu-stderr.log`; created if missing.
+    pub state_dir: PathBuf,
+    /// Spawn → first healthy answer.
+    pub boot_timeout: Duration,
+    /// When set (e.g. by a signal handler), a boot in progress is abandoned: QEMU is killed and
+    /// [`LaunchError::Cancelled`] returned.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl RunConfig {
+    pub const DEFAULT_MEMORY_MIB: u32 = 64;
+    pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// Defaults: [`Accel::Auto`], 64 MiB, no kernel arguments, 60 s boot timeout, state in
+    /// [`RunConfig::default_state_dir`].
+    pub fn new(kernel: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self {
+            kernel: kernel.into(),
+            accel: Accel::Auto,
+            memory_mib: Self::DEFAULT_MEMORY_MIB,
+            listen,
+            kernel_args: Vec::new(),
+            state_dir: Self::default_state_dir(listen),
+            boot_timeout: Self::DEFAULT_BOOT_TIMEOUT,
+            cancel: None,
+        }
+    }
+
+    /// `$TMPDIR/tuk/<pid>-<port>`.
+    pub fn default_state_dir(listen: SocketAddr) -> PathBuf {
+        std::env::temp_dir()
+            .join("tuk")
+            .join(format!("{}-{}", std::process::id(), listen.port()))
+    }
+
+    pub fn kernel_arg(mut self, key: &str, value: impl fmt::Display) -> Self {
+        self.kernel_args.push((key.to_owned(), value.to_string()));
+        self
+    }
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone)]
+pub enum ExitKind {
+    /// Status 33: the kernel shut down cleanly.
+    Clean,
+    /// Status 3: the kernel faulted or panicked; the console says why.
+    Fault { console_tail: Vec<String> },
+    /// Any other status: QEMU failed or was killed by someone else.
+    Failed {
+        status: ExitStatus,
+        console_tail: Vec<String>,
+        stderr_tail: Vec<String>,
+    },
+    /// It did not exit within the shutdown timeout and was killed (SIGKILL).
+    Killed { console_tail: Vec<String> },
+}
+
+impl ExitKind {
+    pub fn is_clean(&self) -> bool {
+        matches!(self, ExitKind::Clean)
+    }
+
+    /// QEMU's exit code, when it exited by itself.
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            ExitKind::Clean => Some(EXIT_CLEAN),
+            ExitKind::Fault { .. } => Some(EXIT_FAULT),
+            ExitKind::Failed { status, .. } => status.code(),
+            ExitKind::Killed { .. } => None,
+        }
+    }
+
+    fn classify(status: ExitStatus, console: &Capture, stderr: &Capture) -> Self {
+        match status.code() {
+            Some(EXIT_CLEAN) => ExitKind::Clean,
+            Some(EXIT_FAULT) => ExitKind::Fault {
+                console_tail: console.tail(),
+            },
+            _ => ExitKind::Failed {
+                status,
+                console_tail: console.tail(),
+                stderr_tail: stderr.tail(),
+            },
+        }
+    }
+}
+
+impl fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitKind::Clean => write!(f, "clean shutdown (status {EXIT_CLEAN})"),
+            ExitKind::Fault { console_tail } => write!(
+                f,
+                "the kernel faulted or panicked (status {EXIT_FAULT}){}",
+                tail("console (last lines)", console_tail)
+            ),
+            ExitKind::Failed {
+                status,
+                console_tail,
+                stderr_tail,
+            } => write!(
+                f,
+                "QEMU ended with {status}{}{}",
+                tail("console (last lines)", console_tail),
+                tail("QEMU stderr", stderr_tail)
+            ),
+            ExitKind::Killed { console_tail } => write!(
+                f,
+                "the VM did not stop in time and was killed{}",
+                tail("console (last lines)", console_tail)
+            ),
+        }
+    }
+}
+
+/// A running (or finished) host-kernel VM.
+pub struct Instance {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    status: Option<ExitStatus>,
+    accel: Accel,
+    addr: SocketAddr,
+    boot_ms: u64,
+    guest_boot_us: Option<u64>,
+    console_log: PathBuf,
+    console: Capture,
+    stderr: Capture,
+    pumps: Vec<JoinHandle<()>>,
+    kvm_fallback: Option<String>,
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instance")
+            .field("pid", &self.child.id())
+            .field("accel", &self.accel)
+            .field("addr", &self.addr)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Instance {
+    /// Boots a VM and returns once it answers `GET /_tuk/health` with 200.
+    ///
+    /// Checks first that QEMU runs, the image exists, the arguments are valid and the listen
+    /// port is free. With [`Accel::Auto`], KVM is tried first (when `/dev/kvm` opens read-write)
+    /// with a short timeout; if that boot dies or hangs, the reason goes to stderr and TCG is
+    /// used. [`Instance::accel`] says which accelerator runs the VM.
+    pub fn start(cfg: RunConfig) -> Result<Instance, LaunchError> {
+        // Argument errors first (the accelerator does not matter for validation).
+        qemu::qemu_args(
+            &cfg.kernel,
+            Accel::Tcg,
+            cfg.memory_mib,
+            cfg.listen,
+            &cfg.kernel_args,
+        )?;
+        let program = qemu::qemu_program();
+        qemu::check_qemu(&program)?;
+        if !cfg.kernel.is_file() {
+            return Err(LaunchError::KernelImageMissing {
+                path: cfg.kernel.clone(),
+            });
+        }
+        prepare_state_dir(&cfg.state_dir)?;
+        match cfg.accel {
+            Accel::Tcg => Self::boot(&cfg, &program, Accel::Tcg, cfg.boot_timeout),
+            Accel::Kvm => {
+                open_kvm().map_err(|cause| LaunchError::KvmUnavailable { cause })?;
+                Self::boot(&cfg, &program, Accel::Kvm, cfg.boot_timeout)
+            }
+            Accel::Auto => {
+                if open_kvm().is_err() {
+                    return Self::boot(&cfg, &program, Accel::Tcg, cfg.boot_timeout);
+                }
+                let kvm_timeout = cfg.boot_timeout.min(KVM_PROBE_TIMEOUT);
+                match Self::boot(&cfg, &program, Accel::Kvm, kvm_timeout) {
+                    Ok(instance) => Ok(instance),
+                    Err(
+                        e @ (LaunchError::DiedDuringBoot { .. } | LaunchError::BootTimeout { .. }),
+                    ) => {
+                        let reason = e.to_string().lines().next().unwrap_or_default().to_owned();
+                        eprintln!(
+                            "tuk: KVM boot failed, falling back to TCG: {reason} (KVM console kept in {})",
+                            cfg.state_dir.join("console-kvm.log").display()
+                        );
+                        for (from, to) in [
+                            (CONSOLE_LOG, "console-kvm.log"),
+                            (STDERR_LOG, "qemu-stderr-kvm.log"),
+                        ] {
+                            let _ = fs::rename(cfg.state_dir.join(from), cfg.state_dir.join(to));
+                        }
+                        let mut instance =
+                            Self::boot(&cfg, &program, Accel::Tcg, cfg.boot_timeout)?;
+                        instance.kvm_fallback = Some(reason);
+                        Ok(instance)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// One boot attempt with a resolved accelerator.
+    fn boot(
+        cfg: &RunConfig,
+        program: &std::ffi::OsStr,
+        accel: Accel,
+        timeout: Duration,
+    ) -> Result<Instance, LaunchError> {
+        check_port_free(cfg.listen)?;
+        let argv = qemu::qemu_args(
+            &cfg.kernel,
+            accel,
+            cfg.memory_mib,
+            cfg.listen,
+            &cfg.kernel_args,
+        )?;
+        let console_log = cfg.state_dir.join(CONSOLE_LOG);
+        let stderr_log = cfg.state_dir.join(STDERR_LOG);
+        let console_file = File::create(&console_log)
+            .map_err(|e| LaunchError::io("cannot create", &console_log, e))?;
+        let stderr_file = File::create(&stderr_log)
+            .map_err(|e| LaunchError::io("cannot create", &stderr_log, e))?;
+
+        let started = Instant::now();
+        let mut child = Command::new(program)
+            .args(&argv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a terminal's Ctrl-C reaches only tuk, which then shuts the
+            // kernel down through the console instead of QEMU dying on SIGINT.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| LaunchError::io("cannot start", program, e))?;
+
+        let console = Capture::default();
+        let stderr = Capture::default();
+        let out = child.stdout.take().expect("stdout is piped");
+        let err = child.stderr.take().expect("stderr is piped");
+        let pumps = spawn_pump("tuk-console", &console, out, console_file).and_then(|a| {
+            spawn_pump("tuk-qemu-stderr", &stderr, err, stderr_file).map(|b| vec![a, b])
+        });
+        let pumps = match pumps {
+            Ok(pumps) => pumps,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LaunchError::io(
+                    "cannot start a thread for",
+                    "the console",
+                    e,
+                ));
+            }
+        };
+
+        let mut instance = Instance {
+            stdin: child.stdin.take(),
+            child,
+            status: None,
+            accel,
+            addr: connectable(cfg.listen),
+            boot_ms: 0,
+            guest_boot_us: None,
+            console_log,
+            console,
+            stderr,
+            pumps,
+            kvm_fallback: None,
+        };
+        // On error `instance` is dropped here, which kills QEMU.
+        instance.wait_ready(started, timeout, cfg.cancel.as_deref())?;
+        Ok(instance)
+    }
+
+    fn wait_ready(
+        &mut self,
+        started: Instant,
+        timeout: Duration,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<(), LaunchError> {
+        let deadline = started + timeout;
+        let mut last_probe: Option<Instant> = None;
+        loop {
+            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                self.kill()?;
+                return Err(LaunchError::Cancelled);
+            }
+            let stalled = self.stderr.state().kvm_internal_error;
+            if stalled {
+                // QEMU stops the VM on a KVM internal error but does not exit.
+                self.kill()?;
+            }
+            if let Some(status) = self.try_wait()? {
+                return Err(LaunchError::DiedDuringBoot {
+                    accel: self.accel,
+                    status,
+                    console_tail: self.console.tail(),
+                    stderr_tail: self.stderr.tail(),
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.kill()?;
+                return Err(LaunchError::BootTimeout {
+                    accel: self.accel,
+                    timeout,
+                    console_tail: self.console.tail(),
+                    stderr_tail: self.stderr.tail(),
+                });
+            }
+            let ready_line = self.console.ready();
+            let due = ready_line.is_some()
+                || last_probe.is_none_or(|t| now.duration_since(t) >= PROBE_BEFORE_READY);
+            if due {
+                last_probe = Some(now);
+                let limit = PROBE_TIMEOUT.min(deadline - now);
+                if let Ok(reply) = health::get(self.addr, HEALTH_PATH, limit) {
+                    if reply.status == 200 {
+                        self.boot_ms = started.elapsed().as_millis() as u64;
+                        // The ready line precedes listening; re-read in case it raced the probe.
+                        self.guest_boot_us = self.console.ready().and_then(|r| r.guest_boot_us);
+                        return Ok(());
+                    }
+                }
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Asks the kernel to stop (`shutdown` on the console) and waits up to `timeout` for QEMU to
+    /// exit; after that QEMU is killed and [`ExitKind::Killed`] returned. If the VM had already
+    /// ended, says how.
+    pub fn shutdown(&mut self, timeout: Duration) -> Result<ExitKind, LaunchError> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(ExitKind::classify(status, &self.console, &self.stderr));
+        }
+        if let Some(stdin) = self.stdin.as_mut() {
+            // A broken pipe means QEMU is already going away; the wait below tells how.
+            let _ = stdin.write_all(b"shutdown\n").and_then(|()| stdin.flush());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(ExitKind::classify(status, &self.console, &self.stderr));
+            }
+            if Instant::now() >= deadline {
+                self.kill()?;
+                return Ok(ExitKind::Killed {
+                    console_tail: self.console.tail(),
+                });
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills QEMU (SIGKILL) and reaps it. Does nothing if it has already exited.
+    pub fn kill(&mut self) -> Result<ExitStatus, LaunchError> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        let pid = self.child.id();
+        match self.child.kill() {
+            Ok(()) => {}
+            // Exited between try_wait and kill: wait() below reaps it.
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {}
+            Err(cause) => return Err(LaunchError::Process { pid, cause }),
+        }
+        self.wait()
+    }
+
+    /// Waits for QEMU to exit by itself.
+    pub fn wait(&mut self) -> Result<ExitStatus, LaunchError> {
+        if let Some(status) = self.status {
+            return Ok(status);
+        }
+        let pid = self.child.id();
+        let status = self
+            .child
+            .wait()
+            .map_err(|cause| LaunchError::Process { pid, cause })?;
+        self.exited(status);
+        Ok(status)
+    }
+
+    /// QEMU's exit status if it has exited.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, LaunchError> {
+        if self.status.is_some() {
+            return Ok(self.status);
+        }
+        let pid = self.child.id();
+        let status = self
+            .child
+            .try_wait()
+            .map_err(|cause| LaunchError::Process { pid, cause })?;
+        if let Some(status) = status {
+            self.exited(status);
+        }
+        Ok(status)
+    }
+
+    /// Records the exit and lets the capture threads drain what QEMU wrote last.
+    fn exited(&mut self, status: ExitStatus) {
+        self.status = Some(status);
+        self.stdin = None;
+        let until = Instant::now() + DRAIN;
+        while Instant::now() < until && !(self.console.state().closed && self.stderr.state().closed)
+        {
+            thread::sleep(Duration::from_millis(5));
+        }
+        for handle in std::mem::take(&mut self.pumps) {
+            if handle.is_finished() {
+                let _ = handle.join();
+            }
+        }
+    }
+
+    /// How the VM ended, if it has.
+    pub fn exit_kind(&mut self) -> Result<Option<ExitKind>, LaunchError> {
+        Ok(self
+            .try_wait()?
+            .map(|status| ExitKind::classify(status, &self.console, &self.stderr)))
+    }
+
+    /// `http://<addr>`, where a wildcard listen address is replaced by 127.0.0.1.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The address to connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The accelerator actually running the VM (never [`Accel::Auto`]).
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// Why KVM was abandoned for TCG under [`Accel::Auto`], if it was.
+    pub fn kvm_fallback(&self) -> Option<&str> {
+        self.kvm_fallback.as_deref()
+    }
+
+    /// Milliseconds from spawning QEMU to the first healthy answer.
+    pub fn boot_ms(&self) -> u64 {
+        self.boot_ms
+    }
+
+    /// The kernel's own boot time from its ready line (PVH entry → listening).
+    pub fn guest_boot_us(&self) -> Option<u64> {
+        self.guest_boot_us
+    }
+
+    pub fn console_log_path(&self) -> &Path {
+        &self.console_log
+    }
+
+    /// The last console lines (at most [`crate::console::TAIL_LINES`]).
+    pub fn console_tail(&self) -> Vec<String> {
+        self.console.tail()
+    }
+
+    /// The last lines QEMU wrote to its stderr.
+    pub fn stderr_tail(&self) -> Vec<String> {
+        self.stderr.tail()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `GET /_tuk/health`, parsed.
+    pub fn health(&self, timeout: Duration) -> io::Result<Health> {
+        health::fetch(self.addr, timeout)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.kill();
+        }
+    }
+}
+
+/// Copies `input` into `cap` and `log` on its own thread until QEMU closes it.
+fn spawn_pump(
+    name: &str,
+    cap: &Capture,
+    input: impl io::Read + Send + 'static,
+    log: File,
+) -> io::Result<JoinHandle<()>> {
+    let cap = cap.clone();
+    thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || cap.pump(input, Some(log)))
+}
+
+fn open_kvm() -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).open("/dev/kvm")
+}
+
+/// Fails with [`LaunchError::PortInUse`] unless `addr` can be bound right now.
+pub fn check_port_free(addr: SocketAddr) -> Result<(), LaunchError> {
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|cause| LaunchError::PortInUse { addr, cause })
+}
+
+fn connectable(listen: SocketAddr) -> SocketAddr {
+    if listen.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())
+    } else {
+        listen
+    }
+}
+
+fn prepare_state_dir(dir: &Path) -> Result<(), LaunchError> {
+    fs::create_dir_all(dir)
+        .map_err(|e| LaunchError::io("cannot create state directory", dir, e))?;
+    for stale in [
+        CONSOLE_LOG,
+        STDERR_LOG,
+        "console-kvm.log",
+        "qemu-stderr-kvm.log",
+    ] {
+        match fs::remove_file(dir.join(stale)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LaunchError::io("cannot remove", dir.join(stale), e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn port_check_names_the_port() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let e = check_port_free(addr).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!("port {}", addr.port())),
+            "{e}"
+        );
+        drop(held);
+        check_port_free(addr).unwrap();
+    }
+
+    #[test]
+    fn exit_kinds() {
+        let (c, s) = (Capture::default(), Capture::default());
+        assert!(ExitKind::classify(ExitStatus::from_raw(33 << 8), &c, &s).is_clean());
+        let fault = ExitKind::classify(ExitStatus::from_raw(3 << 8), &c, &s);
+        assert!(matches!(fault, ExitKind::Fault { .. }));
+        assert_eq!(fault.code(), Some(3));
+        let killed = ExitKind::classify(ExitStatus::from_raw(9), &c, &s);
+        assert_eq!(killed.code(), None);
+        assert!(killed.to_string().contains("signal"), "{killed}");
+    }
+
+    #[test]
+    fn defaults_and_wildcards() {
+        let listen: SocketAddr = "0.0.0.0:8088".parse().unwrap();
+        let cfg = RunConfig::new("k", listen).kernel_arg("log", "debug");
+        assert_eq!(cfg.memory_mib, 64);
+        assert_eq!(cfg.accel, Accel::Auto);
+        assert_eq!(cfg.kernel_args, [("log".to_owned(), "debug".to_owned())]);
+        assert!(cfg
+            .state_dir
+            .ends_with(format!("tuk/{}-8088", std::process::id())));
+        assert_eq!(connectable(listen), "127.0.0.1:8088".parse().unwrap());
+    }
+}

@@ -1,0 +1,28 @@
+//! The tuk launcher: builds the host-kernel and boots it under QEMU.
+//!
+//! Everything the `tuk` CLI and the end-to-end tests do with a VM goes through this crate, so
+//! the contract with the kernel (docs/contracts.md: QEMU command line, kernel command line,
+//! console protocol, exit codes, health JSON) is implemented in exactly one place:
+//!
+//! - [`kernel`]: find the source tree, pick a toolchain with library source, build the image,
+//!   hash it.
+//! - [`qemu`]: the QEMU command line ([`qemu::qemu_args`]) and the kernel command line.
+//! - [`console`]: the serial console: copy to `console.log`, keep a tail, spot the ready line.
+//! - [`health`]: a tiny blocking HTTP client for `GET /_tuk/health` and the health document.
+//! - [`instance`]: [`Instance::start`] boots and waits for readiness, [`Instance::shutdown`]
+//!   stops cleanly; dropping an [`Instance`] kills QEMU, so no process outlives its owner.
+//!
+//! Errors are one enum, [`LaunchError`], whose messages say what to do next.
+
+pub mod console;
+mod error;
+pub mod health;
+pub mod instance;
+pub mod kernel;
+pub mod qemu;
+
+pub use error::LaunchError;
+pub use health::Health;
+pub use instance::{ExitKind, Instance, RunConfig};
+pub use kernel::{KernelImage, KernelSource, Toolchain};
+pub use qemu::Accel;

@@ -1,0 +1,346 @@
+//! The QEMU command line, built in one place exactly as docs/contracts.md writes it.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+
+use crate::LaunchError;
+
+/// The guest port the kernel listens on unless `port=` says otherwise (contracts.md).
+pub const DEFAULT_GUEST_PORT: u16 = 80;
+
+/// Which accelerator QEMU uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Accel {
+    /// KVM if `/dev/kvm` is usable and a probe boot succeeds, otherwise TCG.
+    #[default]
+    Auto,
+    /// QEMU's binary translator: slow, works everywhere.
+    Tcg,
+    /// Hardware virtualisation; no fallback when asked for explicitly.
+    Kvm,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Auto => "auto",
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Accel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Accel::Auto),
+            "tcg" => Ok(Accel::Tcg),
+            "kvm" => Ok(Accel::Kvm),
+            other => Err(format!(
+                "unknown accelerator `{other}` (expected auto, tcg or kvm)"
+            )),
+        }
+    }
+}
+
+/// The QEMU binary: `TUK_QEMU` if set, else `qemu-system-x86_64` from `PATH`.
+pub fn qemu_program() -> OsString {
+    std::env::var_os("TUK_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into())
+}
+
+/// Checks that the QEMU binary runs at all (`--version`), so a missing package is reported as
+/// such rather than as a failed boot.
+pub fn check_qemu(program: &OsString) -> Result<(), LaunchError> {
+    let not_found = |cause| LaunchError::QemuNotFound {
+        program: program.to_string_lossy().into_owned(),
+        cause,
+    };
+    let status = Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(not_found)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(not_found(std::io::Error::other(format!(
+            "`--version` exited with {status}"
+        ))))
+    }
+}
+
+/// Joins `key=value` pairs into the kernel command line, refusing what the kernel's
+/// space-separated parser (or QEMU's `-append`) could not carry.
+pub fn kernel_cmdline(args: &[(String, String)]) -> Result<String, LaunchError> {
+    let mut out = Vec::with_capacity(args.len());
+    for (k, v) in args {
+        let arg = format!("{k}={v}");
+        let bad = |reason| LaunchError::BadKernelArg {
+            arg: arg.clone(),
+            reason,
+        };
+        if k.is_empty() {
+            return Err(bad("the key is empty"));
+        }
+        if k.contains('=') {
+            return Err(bad("the key contains `=`"));
+        }
+        if arg
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '"')
+        {
+            return Err(bad(
+                "keys and values cannot contain spaces, quotes or control characters",
+            ));
+        }
+        out.push(arg);
+    }
+    Ok(out.join(" "))
+}
+
+/// Parses `KEY=VALUE` (as given to `--kernel-arg`).
+pub fn parse_kernel_arg(s: &str) -> Result<(String, String), LaunchError> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(LaunchError::BadKernelArg {
+            arg: s.to_owned(),
+            reason: "expected KEY=VALUE",
+        }),
+    }
+}
+
+/// Where inside the guest the host port is forwarded to: `ip=` and `port=` from the kernel
+/// arguments when given (so forwarding follows the kernel's configuration), else QEMU user
+/// networking's default guest address and port 80.
+fn guest_target(args: &[(String, String)]) -> Result<(String, u16), LaunchError> {
+    let mut ip = String::new(); // empty = slirp's default guest address (10.0.2.15)
+    let mut port = DEFAULT_GUEST_PORT;
+    for (k, v) in args {
+        let bad = |reason| LaunchError::BadKernelArg {
+            arg: format!("{k}={v}"),
+            reason,
+        };
+        match k.as_str() {
+            "port" => {
+                port = v
+                    .parse()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| bad("port must be 1..=65535"))?
+            }
+            "ip" => {
+                let addr = v.split('/').next().unwrap_or_default();
+                let parsed: std::net::Ipv4Addr = addr
+                    .parse()
+                    .map_err(|_| bad("ip must be an IPv4 address/prefix"))?;
+                ip = parsed.to_string();
+            }
+            _ => {}
+        }
+    }
+    Ok((ip, port))
+}
+
+/// The arguments after the program name, exactly as docs/contracts.md lists them.
+/// `accel` must be resolved (not [`Accel::Auto`]).
+pub fn qemu_args(
+    kernel: &Path,
+    accel: Accel,
+    memory_mib: u32,
+    listen: SocketAddr,
+    kernel_args: &[(String, String)],
+) -> Result<Vec<OsString>, LaunchError> {
+    assert!(
+        accel != Accel::Auto,
+        "qemu_args needs a resolved accelerator"
+    );
+    let IpAddr::V4(listen_ip) = listen.ip() else {
+        return Err(LaunchError::BadListen {
+            addr: listen,
+            reason:
+                "QEMU user networking forwards IPv4 only; use an IPv4 address such as 127.0.0.1",
+        });
+    };
+    if listen.port() == 0 {
+        return Err(LaunchError::BadListen {
+            addr: listen,
+            reason: "port 0 is not a port; pick a free one (e.g. 127.0.0.1:8080)",
+        });
+    }
+    let cmdline = kernel_cmdline(kernel_args)?;
+    let (guest_ip, guest_port) = guest_target(kernel_args)?;
+    let memory = memory_mib.to_string();
+    let netdev = format!(
+        "user,id=net0,hostfwd=tcp:{listen_ip}:{}-{guest_ip}:{guest_port}",
+        listen.port()
+    );
+    #[rustfmt::skip]
+    let head = [
+        "-accel", accel.as_str(),
+        "-M", "microvm,x-option-roms=off,rtc=off,acpi=off",
+        "-cpu", "max",
+        "-smp", "1",
+        "-m", &memory,
+        "-nodefaults", "-no-user-config",
+        "-display", "none",
+        "-monitor", "none",
+        "-serial", "stdio",
+        "-no-reboot",
+        "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+        "-global", "virtio-mmio.force-legacy=false",
+        "-netdev", &netdev,
+        "-device", "virtio-net-device,netdev=net0",
+        "-kernel",
+    ];
+    let mut argv: Vec<OsString> = head.iter().map(OsString::from).collect();
+    argv.push(kernel.as_os_str().to_owned());
+    argv.push("-append".into());
+    argv.push(cmdline.into());
+    Ok(argv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(argv: &[OsString]) -> Vec<&str> {
+        argv.iter().map(|a| a.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn argv_matches_the_contract() {
+        let args = vec![
+            ("http.request_timeout_ms".to_owned(), "1500".to_owned()),
+            ("log".to_owned(), "debug".to_owned()),
+        ];
+        let argv = qemu_args(
+            Path::new("/k/tuk-kernel"),
+            Accel::Tcg,
+            64,
+            "127.0.0.1:8080".parse().unwrap(),
+            &args,
+        )
+        .unwrap();
+        assert_eq!(
+            s(&argv),
+            [
+                "-accel",
+                "tcg",
+                "-M",
+                "microvm,x-option-roms=off,rtc=off,acpi=off",
+                "-cpu",
+                "max",
+                "-smp",
+                "1",
+                "-m",
+                "64",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+                "-device",
+                "isa-debug-exit,iobase=0xf4,iosize=4",
+                "-global",
+                "virtio-mmio.force-legacy=false",
+                "-netdev",
+                "user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80",
+                "-device",
+                "virtio-net-device,netdev=net0",
+                "-kernel",
+                "/k/tuk-kernel",
+                "-append",
+                "http.request_timeout_ms=1500 log=debug",
+            ]
+        );
+    }
+
+    #[test]
+    fn kvm_memory_and_empty_cmdline() {
+        let argv = qemu_args(
+            Path::new("k"),
+            Accel::Kvm,
+            256,
+            "0.0.0.0:9000".parse().unwrap(),
+            &[],
+        )
+        .unwrap();
+        let v = s(&argv);
+        assert_eq!(&v[..2], ["-accel", "kvm"]);
+        assert!(v.windows(2).any(|w| w == ["-m", "256"]));
+        assert!(v.contains(&"user,id=net0,hostfwd=tcp:0.0.0.0:9000-:80"));
+        assert_eq!(&v[v.len() - 2..], ["-append", ""]);
+    }
+
+    #[test]
+    fn forwarding_follows_guest_ip_and_port() {
+        let args = vec![
+            ("ip".to_owned(), "10.0.2.20/24".to_owned()),
+            ("port".to_owned(), "8080".to_owned()),
+        ];
+        let argv = qemu_args(
+            Path::new("k"),
+            Accel::Tcg,
+            64,
+            "127.0.0.1:1234".parse().unwrap(),
+            &args,
+        )
+        .unwrap();
+        assert!(s(&argv).contains(&"user,id=net0,hostfwd=tcp:127.0.0.1:1234-10.0.2.20:8080"));
+    }
+
+    #[test]
+    fn rejects_what_cannot_be_carried() {
+        let k = Path::new("k");
+        let v6 = qemu_args(k, Accel::Tcg, 64, "[::1]:80".parse().unwrap(), &[]);
+        assert!(matches!(v6, Err(LaunchError::BadListen { .. })));
+        let p0 = qemu_args(k, Accel::Tcg, 64, "127.0.0.1:0".parse().unwrap(), &[]);
+        assert!(matches!(p0, Err(LaunchError::BadListen { .. })));
+        for (key, val) in [("log", "a b"), ("", "x"), ("k", "\"q\""), ("port", "0")] {
+            let r = qemu_args(
+                k,
+                Accel::Tcg,
+                64,
+                "127.0.0.1:1".parse().unwrap(),
+                &[(key.to_owned(), val.to_owned())],
+            );
+            assert!(
+                matches!(r, Err(LaunchError::BadKernelArg { .. })),
+                "{key}={val}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_kernel_args_and_accel() {
+        assert_eq!(
+            parse_kernel_arg("http.max_body=10").unwrap(),
+            ("http.max_body".into(), "10".into())
+        );
+        assert_eq!(
+            parse_kernel_arg("a=b=c").unwrap(),
+            ("a".into(), "b=c".into())
+        );
+        assert!(parse_kernel_arg("novalue").is_err());
+        assert!(parse_kernel_arg("=x").is_err());
+        assert_eq!("tcg".parse::<Accel>().unwrap(), Accel::Tcg);
+        assert!("xen".parse::<Accel>().is_err());
+    }
+}

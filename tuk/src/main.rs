@@ -1,0 +1,253 @@
+//! `tuk`: the command line. Thin by design: the work is in `tuk-launcher` (and later crates);
+//! this file parses arguments, prints, and maps outcomes to exit codes.
+//!
+//! Output discipline: machine-readable JSON lines (one object per event) on stdout, human
+//! messages on stderr. Exit codes: 0 success, 1 the VM stopped uncleanly or by itself,
+//! 2 usage or launch errors.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use tuk_launcher::{kernel, qemu, Accel, Instance, KernelSource, RunConfig};
+
+mod component;
+
+#[derive(Parser)]
+#[command(
+    name = "tuk",
+    version,
+    about = "Trusted WebAssembly microservices on a unikernel"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build and inspect the host-kernel image.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+    /// Boot a host-kernel under QEMU and serve until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Build WebAssembly components from Rust crates.
+    #[command(subcommand)]
+    Component(component::ComponentCommand),
+    /// Compile a component ahead of time for the host-kernel (writes a .cwasm).
+    Compile(component::CompileArgs),
+    // Later: compile, sign, verify, publish, pull, attest, verifier, gateway.
+}
+
+#[derive(Subcommand)]
+enum KernelCommand {
+    /// Build host-kernel/ for x86_64-unknown-none and print the image's path, size and SHA-256.
+    Build {
+        /// The tuk checkout to build (default: found from the current directory upwards).
+        #[arg(long, value_name = "DIR")]
+        source: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Kernel image (default: $TUK_KERNEL, else the checkout's release build).
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Host address forwarded to the kernel's HTTP port, e.g. 127.0.0.1:8080.
+    #[arg(long, value_name = "IP:PORT")]
+    listen: SocketAddr,
+    /// auto (KVM if it works here, else TCG), tcg or kvm.
+    #[arg(long, default_value = "auto")]
+    accel: Accel,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MiB", default_value_t = RunConfig::DEFAULT_MEMORY_MIB)]
+    memory: u32,
+    /// Kernel command-line argument (repeatable), e.g. --kernel-arg log=debug.
+    #[arg(long = "kernel-arg", value_name = "KEY=VALUE", value_parser = parse_kernel_arg)]
+    kernel_args: Vec<(String, String)>,
+    /// Where console.log and qemu-stderr.log go (default: $TMPDIR/tuk/<pid>-<port>).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Seconds from starting QEMU to the first healthy answer.
+    #[arg(long, value_name = "SECS", default_value_t = RunConfig::DEFAULT_BOOT_TIMEOUT.as_secs())]
+    boot_timeout: u64,
+    /// Seconds a clean shutdown may take before QEMU is killed.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    shutdown_timeout: u64,
+}
+
+fn parse_kernel_arg(s: &str) -> Result<(String, String), String> {
+    qemu::parse_kernel_arg(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Kernel(KernelCommand::Build { source }) => kernel_build(source),
+        Command::Run(args) => run(args),
+        Command::Component(cmd) => component::component(cmd),
+        Command::Compile(args) => component::compile(args),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tuk: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The JSON lines `tuk` prints on stdout, one object per line, `event` first.
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+enum Event<'a> {
+    KernelBuilt {
+        path: &'a std::path::Path,
+        sha256: &'a str,
+        bytes: u64,
+        toolchain: &'a str,
+    },
+    Ready {
+        url: String,
+        accel: &'a str,
+        boot_ms: u64,
+        guest_boot_us: Option<u64>,
+        console_log: &'a std::path::Path,
+    },
+    Stopped {
+        /// `signal` (we stopped it) or `vm-exited` (it stopped by itself).
+        reason: &'a str,
+        clean: bool,
+        exit_status: Option<i32>,
+    },
+}
+
+/// Prints one event on stdout and flushes it (consumers read line by line).
+fn emit(event: &Event<'_>) -> Result<()> {
+    let line = serde_json::to_string(event).context("cannot encode an event")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
+}
+
+fn kernel_build(source: Option<PathBuf>) -> Result<ExitCode> {
+    let src = KernelSource::locate(source.as_deref())?;
+    let toolchain = src.detect_toolchain()?;
+    eprintln!(
+        "tuk: building {} with {}",
+        src.kernel_dir().display(),
+        toolchain.describe()
+    );
+    let started = Instant::now();
+    let image = src.build(&toolchain)?;
+    eprintln!(
+        "tuk: built in {:.1} s with the {} toolchain\ntuk: image   {}\ntuk: size    {} bytes\ntuk: sha256  {}",
+        started.elapsed().as_secs_f64(),
+        toolchain.id(),
+        image.path.display(),
+        image.bytes,
+        image.sha256,
+    );
+    emit(&Event::KernelBuilt {
+        path: &image.path,
+        sha256: &image.sha256,
+        bytes: image.bytes,
+        toolchain: toolchain.id(),
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    // Signals first, so that a Ctrl-C during boot stops QEMU instead of orphaning it.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("cannot install the signal handlers")?;
+    }
+
+    let kernel = match args.kernel {
+        Some(path) => path,
+        None => kernel::default_image()?,
+    };
+    let mut cfg = RunConfig::new(kernel, args.listen);
+    cfg.accel = args.accel;
+    cfg.memory_mib = args.memory;
+    cfg.kernel_args = args.kernel_args;
+    cfg.boot_timeout = Duration::from_secs(args.boot_timeout);
+    cfg.cancel = Some(Arc::clone(&stop));
+    if let Some(dir) = args.state_dir {
+        cfg.state_dir = dir;
+    }
+    eprintln!(
+        "tuk: booting {} ({}, {} MiB), console log in {}",
+        cfg.kernel.display(),
+        cfg.accel,
+        cfg.memory_mib,
+        cfg.state_dir
+            .join(tuk_launcher::instance::CONSOLE_LOG)
+            .display()
+    );
+
+    let mut vm = Instance::start(cfg)?;
+    eprintln!(
+        "tuk: ready at {} (accel {}, boot {} ms, pid {}); console log {}",
+        vm.url(),
+        vm.accel(),
+        vm.boot_ms(),
+        vm.pid(),
+        vm.console_log_path().display()
+    );
+    emit(&Event::Ready {
+        url: vm.url(),
+        accel: vm.accel().as_str(),
+        boot_ms: vm.boot_ms(),
+        guest_boot_us: vm.guest_boot_us(),
+        console_log: vm.console_log_path(),
+    })?;
+
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            eprintln!("tuk: stopping (console: shutdown)");
+            let exit = vm.shutdown(Duration::from_secs(args.shutdown_timeout))?;
+            if !exit.is_clean() {
+                eprintln!("tuk: unclean stop: {exit}");
+            }
+            emit(&Event::Stopped {
+                reason: "signal",
+                clean: exit.is_clean(),
+                exit_status: exit.code(),
+            })?;
+            return Ok(if exit.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        if let Some(exit) = vm.exit_kind()? {
+            eprintln!("tuk: the VM stopped by itself: {exit}");
+            if exit.is_clean() {
+                eprintln!("--- console (last lines) ---");
+                for line in vm.console_tail() {
+                    eprintln!("  | {line}");
+                }
+            }
+            emit(&Event::Stopped {
+                reason: "vm-exited",
+                clean: false,
+                exit_status: exit.code(),
+            })?;
+            return Ok(ExitCode::from(1));
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}

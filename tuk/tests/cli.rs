@@ -1,0 +1,252 @@
+//! `tuk run` as a user runs it: the ready line, a live URL, SIGTERM → clean stop; and the
+//! errors a user meets first.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tuk_e2e::{free_listen, kernel_image, Conn};
+
+const TUK: &str = env!("CARGO_BIN_EXE_tuk");
+
+/// Lines of a child's stdout, as they come.
+fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Collects a child's stderr in the background; the handle returns it all at EOF.
+fn stderr_of(child: &mut Child) -> thread::JoinHandle<String> {
+    let mut err = child.stderr.take().expect("piped stderr");
+    thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    })
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("tuk did not exit within {within:?}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Kills the child if the test fails half way, so no `tuk` (and no QEMU) is left behind.
+struct Reap(Child);
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            // SIGTERM first so tuk stops its QEMU; SIGKILL as the last resort.
+            let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+            thread::sleep(Duration::from_secs(3));
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn run_serves_and_stops_cleanly_on_sigterm() {
+    let kernel = kernel_image();
+    let listen = free_listen();
+    let started = Instant::now();
+    let mut child = Reap(
+        Command::new(TUK)
+            .args(["run", "--accel", "tcg", "--listen", &listen.to_string()])
+            .arg("--kernel")
+            .arg(&kernel)
+            .args(["--kernel-arg", "http.idle_timeout_ms=3000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tuk"),
+    );
+    let stdout = lines_of(&mut child.0);
+    let stderr = stderr_of(&mut child.0);
+
+    let ready = stdout
+        .recv_timeout(Duration::from_secs(90))
+        .expect("no ready line from `tuk run`");
+    eprintln!(
+        "  ready after {} ms: {ready}",
+        started.elapsed().as_millis()
+    );
+    let ready: serde_json::Value = serde_json::from_str(&ready).expect("ready line is JSON");
+    assert_eq!(ready["event"], "ready");
+    assert_eq!(ready["url"], format!("http://{listen}"));
+    assert_eq!(ready["accel"], "tcg");
+    assert!(
+        ready["boot_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{ready}"
+    );
+    assert!(ready["guest_boot_us"].as_u64().is_some(), "{ready}");
+    let log = ready["console_log"].as_str().expect("console_log");
+    assert!(std::path::Path::new(log).is_file(), "{log} missing");
+
+    let mut c = Conn::open(listen);
+    let r = c.get("/_tuk/health");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ok");
+    drop(c);
+
+    let t = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let stopped = stdout
+        .recv_timeout(Duration::from_secs(20))
+        .expect("no stopped line after SIGTERM");
+    let status = wait_exit(&mut child.0, Duration::from_secs(20));
+    let err = stderr.join().unwrap();
+    eprintln!("  stopped after {} ms: {stopped}", t.elapsed().as_millis());
+    let stopped: serde_json::Value = serde_json::from_str(&stopped).unwrap();
+    assert_eq!(stopped["event"], "stopped");
+    assert_eq!(stopped["clean"], true, "{stopped}");
+    assert_eq!(stopped["exit_status"], 33);
+    assert_eq!(status.code(), Some(0), "stderr: {err}");
+    assert!(
+        stdout.recv_timeout(Duration::from_millis(100)).is_err(),
+        "exactly two lines on stdout"
+    );
+    assert!(err.contains(log), "stderr names the console log: {err}");
+    // QEMU is gone with it: the port is free again.
+    TcpListener::bind(listen).expect("the listen port is released");
+}
+
+/// The direct children of `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...; comm may contain spaces, so split after the last ')'.
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        if after.split_whitespace().nth(1) == Some(&pid.to_string()) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+#[test]
+fn run_exits_1_with_the_console_tail_when_the_vm_dies() {
+    let kernel = kernel_image();
+    let listen = free_listen();
+    let mut child = Reap(
+        Command::new(TUK)
+            .args(["run", "--accel", "tcg", "--listen", &listen.to_string()])
+            .arg("--kernel")
+            .arg(&kernel)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tuk"),
+    );
+    let stdout = lines_of(&mut child.0);
+    let stderr = stderr_of(&mut child.0);
+    let ready = stdout
+        .recv_timeout(Duration::from_secs(90))
+        .expect("no ready line from `tuk run`");
+    assert!(ready.contains("\"ready\""), "{ready}");
+
+    let qemu = children_of(child.0.id());
+    assert_eq!(
+        qemu.len(),
+        1,
+        "tuk should have exactly one child (QEMU): {qemu:?}"
+    );
+    let killed = Command::new("kill")
+        .args(["-KILL", &qemu[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let stopped = stdout
+        .recv_timeout(Duration::from_secs(20))
+        .expect("no stopped line after QEMU died");
+    let status = wait_exit(&mut child.0, Duration::from_secs(20));
+    let err = stderr.join().unwrap();
+    let stopped: serde_json::Value = serde_json::from_str(&stopped).unwrap();
+    assert_eq!(stopped["event"], "stopped");
+    assert_eq!(stopped["reason"], "vm-exited");
+    assert_eq!(stopped["clean"], false);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("stopped by itself"), "{err}");
+    assert!(
+        err.contains("  | ") && err.contains("tuk: ready"),
+        "console tail on stderr: {err}"
+    );
+}
+
+#[test]
+fn missing_kernel_says_to_build_it() {
+    let out = Command::new(TUK)
+        .args([
+            "run",
+            "--kernel",
+            "/nonexistent/tuk-kernel",
+            "--accel",
+            "tcg",
+        ])
+        .args(["--listen", &free_listen().to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("tuk kernel build"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing on stdout");
+}
+
+#[test]
+fn busy_port_is_named() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    // Any existing file passes the image check; the port is checked before QEMU starts.
+    let out = Command::new(TUK)
+        .args(["run", "--kernel", TUK, "--accel", "tcg"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("port {port}")), "{err}");
+    assert!(err.contains("pick another port"), "{err}");
+    drop(held);
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let out = Command::new(TUK)
+        .args(["run", "--listen", "127.0.0.1:1", "--kernel-arg", "novalue"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KEY=VALUE"));
+}
