@@ -43,6 +43,16 @@ pub fn free_listen() -> SocketAddr {
 /// `extra` key replaces the test default of the same name).
 /// Retries on a fresh port if another process grabbed the chosen one in between.
 pub fn boot_with(name: &str, extra: &[(&str, &str)]) -> Instance {
+    boot_full(name, extra, None, RunConfig::DEFAULT_MEMORY_MIB)
+}
+
+/// Like [`boot_with`], with a boot pack (components) and a guest memory size.
+pub fn boot_full(
+    name: &str,
+    extra: &[(&str, &str)],
+    boot_pack: Option<&std::path::Path>,
+    memory_mib: u32,
+) -> Instance {
     let kernel = kernel_image();
     let mut last = None;
     for _ in 0..3 {
@@ -64,6 +74,8 @@ pub fn boot_with(name: &str, extra: &[(&str, &str)]) -> Instance {
             cfg = cfg.kernel_arg(k, v);
         }
         cfg.accel = Accel::Tcg;
+        cfg.memory_mib = memory_mib;
+        cfg.boot_pack = boot_pack.map(std::path::Path::to_path_buf);
         cfg.state_dir = std::env::temp_dir().join("tuk-e2e").join(format!(
             "{name}-{}-{}",
             std::process::id(),

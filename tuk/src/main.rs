@@ -83,6 +83,66 @@ struct RunArgs {
     /// Seconds a clean shutdown may take before QEMU is killed.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     shutdown_timeout: u64,
+    /// A component to serve at /NAME/ (repeatable): a component .wasm (compiled here) or the
+    /// .cwasm `tuk compile` wrote.
+    #[arg(long = "component", value_name = "NAME=PATH")]
+    components: Vec<String>,
+    /// A configuration value for a component's `config` import (repeatable).
+    #[arg(long = "config", value_name = "NAME.KEY=VALUE")]
+    configs: Vec<String>,
+    /// A component's linear-memory limit in MiB (default 16).
+    #[arg(long = "memory-limit", value_name = "NAME=MiB")]
+    memory_limits: Vec<String>,
+    /// How long one request to a component may run, in ms, before it is stopped with 503
+    /// (default 2000).
+    #[arg(long = "deadline", value_name = "NAME=MS")]
+    deadlines: Vec<String>,
+}
+
+/// Builds the boot pack for `--component` and friends; `None` without components.
+fn deployment(args: &RunArgs, state_dir: &std::path::Path) -> Result<Option<PathBuf>> {
+    use tuk_compose::deploy::{apply_setting, apply_value, parse_component_arg};
+    if args.components.is_empty() {
+        anyhow::ensure!(
+            args.configs.is_empty() && args.memory_limits.is_empty() && args.deadlines.is_empty(),
+            "--config, --memory-limit and --deadline need a --component to apply to"
+        );
+        return Ok(None);
+    }
+    let mut deployments = args
+        .components
+        .iter()
+        .map(|a| parse_component_arg(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    for arg in &args.configs {
+        apply_setting(&mut deployments, arg, "config.")?;
+    }
+    let positive = |v: &str| v.parse::<u64>().ok().filter(|n| *n > 0);
+    for arg in &args.memory_limits {
+        apply_value(&mut deployments, arg, "memory_limit_bytes", |v| {
+            positive(v).map(|mib| (mib << 20).to_string())
+        })?;
+    }
+    for arg in &args.deadlines {
+        apply_value(&mut deployments, arg, "deadline_ms", |v| {
+            positive(v).map(|ms| ms.to_string())
+        })?;
+    }
+    let (pack, packed) = tuk_compose::boot_pack(&deployments)?;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let path = state_dir.join("boot.pack");
+    std::fs::write(&path, &pack).with_context(|| format!("cannot write {}", path.display()))?;
+    for p in &packed {
+        eprintln!(
+            "tuk: component {:<12} {}  code sha256:{} ({} bytes)",
+            p.name,
+            p.source.path.display(),
+            p.code.sha256,
+            p.code.size
+        );
+    }
+    Ok(Some(path))
 }
 
 fn parse_kernel_arg(s: &str) -> Result<(String, String), String> {
@@ -175,19 +235,20 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             .context("cannot install the signal handlers")?;
     }
 
-    let kernel = match args.kernel {
+    let kernel = match args.kernel.clone() {
         Some(path) => path,
         None => kernel::default_image()?,
     };
     let mut cfg = RunConfig::new(kernel, args.listen);
     cfg.accel = args.accel;
     cfg.memory_mib = args.memory;
-    cfg.kernel_args = args.kernel_args;
+    cfg.kernel_args = args.kernel_args.clone();
     cfg.boot_timeout = Duration::from_secs(args.boot_timeout);
     cfg.cancel = Some(Arc::clone(&stop));
-    if let Some(dir) = args.state_dir {
-        cfg.state_dir = dir;
+    if let Some(dir) = &args.state_dir {
+        cfg.state_dir = dir.clone();
     }
+    cfg.boot_pack = deployment(&args, &cfg.state_dir)?;
     eprintln!(
         "tuk: booting {} ({}, {} MiB), console log in {}",
         cfg.kernel.display(),

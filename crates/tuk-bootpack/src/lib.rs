@@ -80,6 +80,8 @@ impl fmt::Display for PackError {
     }
 }
 
+impl core::error::Error for PackError {}
+
 /// True if `name` is a valid component name (also the first path segment it is routed by).
 pub fn valid_name(name: &str) -> bool {
     (1..=MAX_NAME).contains(&name.len())

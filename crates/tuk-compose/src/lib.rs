@@ -13,6 +13,7 @@
 
 pub mod build;
 pub mod compile;
+pub mod deploy;
 pub mod toolchain;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 pub use build::{build, componentize, BuildError, BuildOptions, Built};
 pub use compile::{compile, compile_file, detect, CompileError, WasmKind};
+pub use deploy::{boot_pack, DeployError, Deployment, Packed};
 pub use toolchain::{Toolchain, ToolchainError};
 
 /// A file tuk wrote, with what identifies it.

@@ -59,6 +59,9 @@ pub struct RunConfig {
     pub state_dir: PathBuf,
     /// Spawn → first healthy answer.
     pub boot_timeout: Duration,
+    /// The boot pack (components to serve), handed to the kernel as its PVH module
+    /// (QEMU `-initrd`). Built by `tuk_compose::boot_pack`.
+    pub boot_pack: Option<PathBuf>,
     /// When set (e.g. by a signal handler), a boot in progress is abandoned: QEMU is killed and
     /// [`LaunchError::Cancelled`] returned.
     pub cancel: Option<Arc<AtomicBool>>,
@@ -79,6 +82,7 @@ impl RunConfig {
             kernel_args: Vec::new(),
             state_dir: Self::default_state_dir(listen),
             boot_timeout: Self::DEFAULT_BOOT_TIMEOUT,
+            boot_pack: None,
             cancel: None,
         }
     }
@@ -268,13 +272,20 @@ impl Instance {
         timeout: Duration,
     ) -> Result<Instance, LaunchError> {
         check_port_free(cfg.listen)?;
-        let argv = qemu::qemu_args(
-            &cfg.kernel,
-            accel,
-            cfg.memory_mib,
-            cfg.listen,
-            &cfg.kernel_args,
-        )?;
+        // The wall clock's origin (the kernel has no RTC): milliseconds since the Unix epoch.
+        let mut kernel_args = cfg.kernel_args.clone();
+        if !kernel_args.iter().any(|(k, _)| k == "time.unix_ms") {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            kernel_args.push(("time.unix_ms".into(), now.as_millis().to_string()));
+        }
+        let mut argv =
+            qemu::qemu_args(&cfg.kernel, accel, cfg.memory_mib, cfg.listen, &kernel_args)?;
+        if let Some(pack) = &cfg.boot_pack {
+            argv.push("-initrd".into());
+            argv.push(pack.as_os_str().to_owned());
+        }
         let console_log = cfg.state_dir.join(CONSOLE_LOG);
         let stderr_log = cfg.state_dir.join(STDERR_LOG);
         let console_file = File::create(&console_log)
