@@ -10,7 +10,7 @@
 //! 5. virtio-net, smoltcp, the HTTP server; then the event loop, which halts whenever there is
 //!    nothing to do until an interrupt (NIC, console) or the timer for the next deadline.
 //!
-//! Unsafe code is confined to `arch`, `drivers` and `mem` (the hardware fence).
+//! Unsafe code is confined to `arch`, `drivers`, `mem` and `wasm::platform` (the hardware fence).
 
 #![no_std]
 #![no_main]
