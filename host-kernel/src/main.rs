@@ -25,6 +25,7 @@ mod config;
 #[allow(unsafe_code)]
 mod drivers;
 mod logger;
+mod measured;
 #[allow(unsafe_code)]
 mod mem;
 mod net;
@@ -150,8 +151,13 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
         Ok(r) => r,
         Err(e) => fail!("{e}"),
     };
+    let mut measurements = measured::Measurements::init(None);
+    match measurements.problem() {
+        Some(p) => log::warn!("tpm: {} ({p})", measurements.state_name()),
+        None => log::info!("tpm: {}", measurements.state_name()),
+    }
     for m in info.modules() {
-        deploy_boot_pack(&mut runtime, m.bytes());
+        deploy_boot_pack(&mut runtime, &mut measurements, m.bytes());
     }
 
     let mut stack = Stack::new(device, &config, arch::now_us());
@@ -170,6 +176,7 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
             wx,
         },
         runtime,
+        measurements,
     );
     logger::console_line(format_args!(
         "tuk: ready listen={}:{} guest_boot_us={boot_us}",
@@ -180,7 +187,11 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
 
 /// Deploys every component in a boot pack. A component that fails to load is reported and
 /// skipped; the others are served.
-fn deploy_boot_pack(runtime: &mut wasm::Runtime, bytes: &[u8]) {
+fn deploy_boot_pack(
+    runtime: &mut wasm::Runtime,
+    measurements: &mut measured::Measurements,
+    bytes: &[u8],
+) {
     let pack = match tuk_bootpack::Pack::parse(bytes) {
         Ok(p) => p,
         Err(e) => {
@@ -196,15 +207,35 @@ fn deploy_boot_pack(runtime: &mut wasm::Runtime, bytes: &[u8]) {
                 continue;
             }
         };
+        // Measure the exact bytes that are deserialized next (the module is write-protected:
+        // there is no second read that could differ), and only then instantiate.
+        let digest = measured::sha256(entry.data);
+        let content = serde_json::json!({
+            "name": entry.name,
+            "code_sha256": measured::hex(&digest),
+            "signed": false,
+        });
+        if let Err(e) =
+            measurements.extend(measured::PCR_COMPONENTS, &digest, "tuk.component", content)
+        {
+            log::error!("component {} refused: cannot measure it: {e}", entry.name);
+            continue;
+        }
         let started = arch::now_us();
+        let heap_before = mem::heap_stats().allocated_bytes;
         match runtime.deploy(entry.name, entry.data, limits, config) {
             Ok(d) => log::info!(
-                "component {}: {} bytes of code, memory limit {} KiB, deadline {} ms, ready in {} us",
+                "component {}: {} bytes of code, memory limit {} KiB, deadline {} ms; \
+                 loaded and instantiated in {} us, heap +{} KiB",
                 d.name,
                 d.code_bytes,
                 d.limits.memory_bytes >> 10,
                 d.limits.deadline_ms,
-                arch::now_us() - started
+                arch::now_us() - started,
+                mem::heap_stats()
+                    .allocated_bytes
+                    .saturating_sub(heap_before)
+                    >> 10
             ),
             Err(e) => log::error!("component {} refused: {e}", entry.name),
         }
@@ -241,6 +272,7 @@ fn run(stack: &mut Stack, server: &mut HttpServer, router: &mut Router) -> ! {
         let now = arch::now_us();
         if let Some(started) = shutdown_at {
             if server.is_drained(&stack.sockets) || now - started > SHUTDOWN_DRAIN_US {
+                router.shutdown();
                 logger::console_line(format_args!("tuk: shutdown clean"));
                 arch::exit_qemu(ExitCode::Clean);
             }

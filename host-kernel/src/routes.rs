@@ -8,6 +8,7 @@ use core::fmt::Write;
 use tuk_http::{Handler, Request, Response};
 
 use crate::arch::{interrupt_count, random_source, tsc_khz, WxAudit};
+use crate::measured::Measurements;
 use crate::mem::heap_stats;
 use crate::net::stats::{self, get};
 use crate::wasm::Runtime;
@@ -24,6 +25,7 @@ pub struct BootFacts {
 pub struct Router {
     facts: BootFacts,
     runtime: Runtime,
+    measurements: Measurements,
 }
 
 /// Appends `s` as a JSON string literal.
@@ -43,8 +45,17 @@ fn json_str(out: &mut String, s: &str) {
 }
 
 impl Router {
-    pub fn new(facts: BootFacts, runtime: Runtime) -> Self {
-        Router { facts, runtime }
+    pub fn new(facts: BootFacts, runtime: Runtime, measurements: Measurements) -> Self {
+        Router {
+            facts,
+            runtime,
+            measurements,
+        }
+    }
+
+    /// Clean shutdown: the TPM saves its state (see `Measurements::shutdown`).
+    pub fn shutdown(&mut self) {
+        self.measurements.shutdown();
     }
 
     fn components(&self) -> Response {
@@ -91,6 +102,7 @@ impl Router {
                 "{{\"status\":\"ok\",\"kernel\":\"tuk-kernel\",\"version\":\"{}\",",
                 "\"uptime_ms\":{},\"boot_us\":{},\"clock\":\"tsc\",\"tsc_khz\":{},",
                 "\"interrupts\":{},\"random\":\"{}\",\"components\":{},",
+                "\"tpm\":\"{}\",\"eventlog_records\":{},",
                 "\"memory\":{{\"total_bytes\":{},\"heap_bytes\":{},\"heap_used_bytes\":{}}},",
                 "\"paging\":{{\"mapped_pages\":{},\"executable_pages\":{},\"writable_executable_pages\":{}}},",
                 "\"http\":{{\"connections_accepted\":{},\"connections_active\":{},",
@@ -104,6 +116,8 @@ impl Router {
             interrupt_count(),
             random_source(),
             self.runtime.components().count(),
+            self.measurements.state_name(),
+            self.measurements.record_count(),
             self.facts.memory_total_bytes,
             heap.claimed_bytes,
             heap.allocated_bytes,
@@ -131,6 +145,7 @@ impl Router {
                     .with_header("Allow", "GET, HEAD"),
             },
             "components" => self.components(),
+            "eventlog" => Response::json(200, self.measurements.log_json()),
             _ => Response::error(
                 404,
                 "unknown kernel endpoint; try GET /_tuk/health or /_tuk/components",
