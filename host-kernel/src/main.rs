@@ -22,6 +22,7 @@ extern crate alloc;
 #[allow(unsafe_code)]
 mod arch;
 mod config;
+mod deploy;
 #[allow(unsafe_code)]
 mod drivers;
 mod logger;
@@ -147,17 +148,37 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
         mac[5]
     );
 
-    let mut runtime = match wasm::Runtime::new() {
+    let runtime = match wasm::Runtime::new() {
         Ok(r) => r,
         Err(e) => fail!("{e}"),
     };
-    let mut measurements = measured::Measurements::init(None);
+    // The boot pack (PVH module 0): components, and the launcher's event log and trust policy.
+    let pack_bytes = info.modules().first().map(|m| m.bytes());
+    let pack = pack_bytes.and_then(|b| match tuk_bootpack::Pack::parse(b) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            log::error!("boot module refused: {e}");
+            None
+        }
+    });
+    let reserved = |name| pack.as_ref().and_then(|p| p.reserved(name)).map(|e| e.data);
+    let measurements = measured::Measurements::init(reserved(tuk_bootpack::EVENTLOG));
     match measurements.problem() {
         Some(p) => log::warn!("tpm: {} ({p})", measurements.state_name()),
         None => log::info!("tpm: {}", measurements.state_name()),
     }
-    for m in info.modules() {
-        deploy_boot_pack(&mut runtime, &mut measurements, m.bytes());
+    let mut deployer = deploy::Deployer::new(runtime, measurements, reserved(tuk_bootpack::POLICY));
+    for entry in pack.iter().flat_map(|p| &p.entries) {
+        let started = arch::now_us();
+        let heap_before = mem::heap_stats().allocated_bytes;
+        match deployer.deploy(entry.name, entry.data, &entry.meta, false) {
+            Ok(summary) => log::info!(
+                "component {summary}: verified, measured, loaded and instantiated in {} us, heap +{} KiB",
+                arch::now_us() - started,
+                mem::heap_stats().allocated_bytes.saturating_sub(heap_before) >> 10
+            ),
+            Err(r) => log::error!("component {} refused: {}", entry.name, r.reason),
+        }
     }
 
     let mut stack = Stack::new(device, &config, arch::now_us());
@@ -175,71 +196,13 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
             memory_total_bytes: free.total(),
             wx,
         },
-        runtime,
-        measurements,
+        deployer,
     );
     logger::console_line(format_args!(
         "tuk: ready listen={}:{} guest_boot_us={boot_us}",
         config.ip, config.port
     ));
     run(&mut stack, &mut server, &mut router)
-}
-
-/// Deploys every component in a boot pack. A component that fails to load is reported and
-/// skipped; the others are served.
-fn deploy_boot_pack(
-    runtime: &mut wasm::Runtime,
-    measurements: &mut measured::Measurements,
-    bytes: &[u8],
-) {
-    let pack = match tuk_bootpack::Pack::parse(bytes) {
-        Ok(p) => p,
-        Err(e) => {
-            log::error!("boot module refused: {e}");
-            return;
-        }
-    };
-    for entry in &pack.entries {
-        let (limits, config) = match wasm::deployment_from_meta(entry.meta.iter().copied()) {
-            Ok(d) => d,
-            Err(e) => {
-                log::error!("component {} refused: {e}", entry.name);
-                continue;
-            }
-        };
-        // Measure the exact bytes that are deserialized next (the module is write-protected:
-        // there is no second read that could differ), and only then instantiate.
-        let digest = measured::sha256(entry.data);
-        let content = serde_json::json!({
-            "name": entry.name,
-            "code_sha256": measured::hex(&digest),
-            "signed": false,
-        });
-        if let Err(e) =
-            measurements.extend(measured::PCR_COMPONENTS, &digest, "tuk.component", content)
-        {
-            log::error!("component {} refused: cannot measure it: {e}", entry.name);
-            continue;
-        }
-        let started = arch::now_us();
-        let heap_before = mem::heap_stats().allocated_bytes;
-        match runtime.deploy(entry.name, entry.data, limits, config) {
-            Ok(d) => log::info!(
-                "component {}: {} bytes of code, memory limit {} KiB, deadline {} ms; \
-                 loaded and instantiated in {} us, heap +{} KiB",
-                d.name,
-                d.code_bytes,
-                d.limits.memory_bytes >> 10,
-                d.limits.deadline_ms,
-                arch::now_us() - started,
-                mem::heap_stats()
-                    .allocated_bytes
-                    .saturating_sub(heap_before)
-                    >> 10
-            ),
-            Err(e) => log::error!("component {} refused: {e}", entry.name),
-        }
-    }
 }
 
 /// The event loop. Never returns: a `shutdown` console command exits the VM.

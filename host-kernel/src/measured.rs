@@ -13,24 +13,13 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use tuk_measure::hex;
 use tuk_tpm::{StartupType, Tpm};
 
 use crate::drivers::tpm_crb::Crb;
 
+pub const PCR_POLICY: u32 = 8;
 pub const PCR_COMPONENTS: u32 = 9;
-
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
 
 /// How the TPM came up.
 #[derive(Clone, Debug)]

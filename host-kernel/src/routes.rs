@@ -8,10 +8,9 @@ use core::fmt::Write;
 use tuk_http::{Handler, Request, Response};
 
 use crate::arch::{interrupt_count, random_source, tsc_khz, WxAudit};
-use crate::measured::Measurements;
+use crate::deploy::Deployer;
 use crate::mem::heap_stats;
 use crate::net::stats::{self, get};
-use crate::wasm::Runtime;
 
 /// Facts fixed at boot that the health report repeats.
 pub struct BootFacts {
@@ -24,8 +23,7 @@ pub struct BootFacts {
 
 pub struct Router {
     facts: BootFacts,
-    runtime: Runtime,
-    measurements: Measurements,
+    deployer: Deployer,
 }
 
 /// Appends `s` as a JSON string literal.
@@ -45,22 +43,18 @@ fn json_str(out: &mut String, s: &str) {
 }
 
 impl Router {
-    pub fn new(facts: BootFacts, runtime: Runtime, measurements: Measurements) -> Self {
-        Router {
-            facts,
-            runtime,
-            measurements,
-        }
+    pub fn new(facts: BootFacts, deployer: Deployer) -> Self {
+        Router { facts, deployer }
     }
 
     /// Clean shutdown: the TPM saves its state (see `Measurements::shutdown`).
     pub fn shutdown(&mut self) {
-        self.measurements.shutdown();
+        self.deployer.measurements.shutdown();
     }
 
     fn components(&self) -> Response {
         let mut body = String::from("{\"components\":[");
-        for (i, d) in self.runtime.components().enumerate() {
+        for (i, d) in self.deployer.runtime.components().enumerate() {
             if i > 0 {
                 body.push(',');
             }
@@ -102,7 +96,7 @@ impl Router {
                 "{{\"status\":\"ok\",\"kernel\":\"tuk-kernel\",\"version\":\"{}\",",
                 "\"uptime_ms\":{},\"boot_us\":{},\"clock\":\"tsc\",\"tsc_khz\":{},",
                 "\"interrupts\":{},\"random\":\"{}\",\"components\":{},",
-                "\"tpm\":\"{}\",\"eventlog_records\":{},",
+                "\"tpm\":\"{}\",\"eventlog_records\":{},\"trust\":\"{}\",",
                 "\"memory\":{{\"total_bytes\":{},\"heap_bytes\":{},\"heap_used_bytes\":{}}},",
                 "\"paging\":{{\"mapped_pages\":{},\"executable_pages\":{},\"writable_executable_pages\":{}}},",
                 "\"http\":{{\"connections_accepted\":{},\"connections_active\":{},",
@@ -115,9 +109,10 @@ impl Router {
             tsc_khz(),
             interrupt_count(),
             random_source(),
-            self.runtime.components().count(),
-            self.measurements.state_name(),
-            self.measurements.record_count(),
+            self.deployer.runtime.components().count(),
+            self.deployer.measurements.state_name(),
+            self.deployer.measurements.record_count(),
+            self.deployer.mode_name(),
             self.facts.memory_total_bytes,
             heap.claimed_bytes,
             heap.allocated_bytes,
@@ -137,6 +132,34 @@ impl Router {
         Response::json(200, body)
     }
 
+    /// `PUT /_tuk/components/<name>` with a signed bundle: verified, measured, deployed; a
+    /// newer version replaces the running one without touching other components.
+    fn publish(&mut self, req: &Request, name: &str) -> Response {
+        if req.method != "PUT" {
+            return Response::error(405, "publish with PUT and a signed bundle as the body")
+                .with_header("Allow", "PUT");
+        }
+        if !tuk_bootpack::valid_name(name) {
+            return Response::error(
+                400,
+                "invalid component name: use 1-63 characters from [a-z0-9-]",
+            );
+        }
+        match self.deployer.deploy(name, &req.body, &[], true) {
+            Ok(summary) => {
+                log::info!("published {summary}");
+                let mut body = String::from("{\"published\":");
+                json_str(&mut body, &summary);
+                body.push('}');
+                Response::json(201, body)
+            }
+            Err(r) => {
+                log::warn!("publish of {name} refused: {}", r.reason);
+                Response::error(r.status, &r.reason)
+            }
+        }
+    }
+
     fn admin(&mut self, req: &Request, endpoint: &str, now_ms: u64) -> Response {
         match endpoint {
             "health" => match req.method.as_str() {
@@ -144,8 +167,19 @@ impl Router {
                 _ => Response::error(405, "use GET for /_tuk/health")
                     .with_header("Allow", "GET, HEAD"),
             },
-            "components" => self.components(),
-            "eventlog" => Response::json(200, self.measurements.log_json()),
+            "components" => match req.method.as_str() {
+                "GET" | "HEAD" => self.components(),
+                _ => Response::error(
+                    405,
+                    "GET lists components; PUT /_tuk/components/<name> publishes one",
+                )
+                .with_header("Allow", "GET, HEAD"),
+            },
+            e if e.starts_with("components/") => {
+                let name = &e["components/".len()..];
+                self.publish(req, name)
+            }
+            "eventlog" => Response::json(200, self.deployer.measurements.log_json()),
             _ => Response::error(
                 404,
                 "unknown kernel endpoint; try GET /_tuk/health or /_tuk/components",
@@ -164,7 +198,7 @@ impl Handler for Router {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        match self.runtime.dispatch(name, path, req) {
+        match self.deployer.runtime.dispatch(name, path, req) {
             Some(resp) => resp,
             None => Response::error(
                 404,

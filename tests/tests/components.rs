@@ -80,7 +80,7 @@ fn boot_components() -> Instance {
                 meta: meta(&[("memory_limit_bytes", "4194304")]),
             },
         ];
-        let (pack, _) = tuk_compose::boot_pack(&deployments).expect("boot pack");
+        let (pack, _) = tuk_compose::boot_pack(&deployments, None).expect("boot pack");
         let pack_path = out.join("boot.pack");
         std::fs::write(&pack_path, pack).unwrap();
         boot_full(

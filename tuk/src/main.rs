@@ -20,6 +20,8 @@ use serde::Serialize;
 use tuk_launcher::{kernel, qemu, Accel, Instance, KernelSource, RunConfig};
 
 mod component;
+mod registry;
+mod sign;
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +46,18 @@ enum Command {
     Component(component::ComponentCommand),
     /// Compile a component ahead of time for the host-kernel (writes a .cwasm).
     Compile(component::CompileArgs),
+    /// Push a signed bundle to an OCI registry as a Wasm OCI artifact.
+    Publish(registry::PublishArgs),
+    /// Pull a signed bundle from an OCI registry, verifying every blob's digest.
+    Pull(registry::PullArgs),
+    /// Generate an ed25519 signing key: NAME.key (private) and NAME.pub (to trust).
+    Keygen(sign::KeygenArgs),
+    /// Compile a component and sign it into a bundle (component + code + DSSE statement).
+    Sign(sign::SignArgs),
+    /// Verify a bundle against trusted keys or a trust policy, as the kernel will.
+    Verify(sign::VerifyArgs),
+    /// Write a trust policy (trusted keys, allowed names, minimum versions).
+    Policy(sign::PolicyArgs),
     // Later: compile, sign, verify, publish, pull, attest, verifier, gateway.
 }
 
@@ -74,7 +88,10 @@ struct RunArgs {
     /// Kernel command-line argument (repeatable), e.g. --kernel-arg log=debug.
     #[arg(long = "kernel-arg", value_name = "KEY=VALUE", value_parser = parse_kernel_arg)]
     kernel_args: Vec<(String, String)>,
-    /// Where console.log and qemu-stderr.log go (default: $TMPDIR/tuk/<pid>-<port>).
+    /// The VM's state: console.log, qemu-stderr.log, the vTPM (tpm/, created on first use and
+    /// kept: reuse the directory to keep the TPM's identity), eventlog.launcher.json
+    /// (default: $TMPDIR/tuk/<pid>-<port>). Every VM gets a vTPM (swtpm); the launcher
+    /// measures the kernel (PCR 4) and boot configuration (PCR 5) into it before boot.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Seconds from starting QEMU to the first healthy answer.
@@ -83,10 +100,19 @@ struct RunArgs {
     /// Seconds a clean shutdown may take before QEMU is killed.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     shutdown_timeout: u64,
-    /// A component to serve at /NAME/ (repeatable): a component .wasm (compiled here) or the
-    /// .cwasm `tuk compile` wrote.
-    #[arg(long = "component", value_name = "NAME=PATH")]
+    /// A component to serve at /NAME/ (repeatable). With --trust/--policy: a signed bundle
+    /// (`tuk sign`) as a file or a registry reference (HOST:PORT/REPO:TAG, pulled here).
+    /// Without: a component .wasm (compiled here) or the .cwasm `tuk compile` wrote
+    /// (development mode: measured, but not trusted).
+    #[arg(long = "component", value_name = "NAME=PATH|REF")]
     components: Vec<String>,
+    /// Trust components signed by this key (a `tuk keygen` .pub file; repeatable). The kernel
+    /// then refuses anything not signed by a trusted key, at boot and when published.
+    #[arg(long = "trust", value_name = "KEY.pub", conflicts_with = "policy")]
+    trust: Vec<PathBuf>,
+    /// A full trust policy (`tuk policy`: keys, allowed names, minimum versions).
+    #[arg(long = "policy", value_name = "POLICY.json")]
+    policy: Option<PathBuf>,
     /// A configuration value for a component's `config` import (repeatable).
     #[arg(long = "config", value_name = "NAME.KEY=VALUE")]
     configs: Vec<String>,
@@ -99,7 +125,31 @@ struct RunArgs {
     deadlines: Vec<String>,
 }
 
-/// Builds the boot pack for `--component` and friends; `None` without components.
+/// A `--component NAME=REF` naming no file but a registry reference: pulls the bundle (digests
+/// checked while it streams) into the state directory.
+fn resolve_reference(d: &mut tuk_compose::Deployment, state_dir: &std::path::Path) -> Result<()> {
+    let spec = d.source.to_string_lossy().into_owned();
+    if d.source.exists() {
+        return Ok(());
+    }
+    let Ok(reference) = tuk_registry::Reference::parse(&spec) else {
+        anyhow::bail!(
+            "--component {}={spec}: no such file, and not a registry reference",
+            d.name
+        );
+    };
+    let bundle = tuk_registry::pull(&reference.to_string())
+        .with_context(|| format!("cannot pull {spec} for component {}", d.name))?;
+    let dir = state_dir.join("pulled");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(format!("{}.bundle", d.name));
+    std::fs::write(&path, &bundle).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("tuk: pulled {spec} → {}", path.display());
+    d.source = path;
+    Ok(())
+}
+
+/// Builds the boot pack for `--component`, `--trust` and friends; `None` without either.
 fn deployment(args: &RunArgs, state_dir: &std::path::Path) -> Result<Option<PathBuf>> {
     use tuk_compose::deploy::{apply_setting, apply_value, parse_component_arg};
     if args.components.is_empty() {
@@ -107,8 +157,21 @@ fn deployment(args: &RunArgs, state_dir: &std::path::Path) -> Result<Option<Path
             args.configs.is_empty() && args.memory_limits.is_empty() && args.deadlines.is_empty(),
             "--config, --memory-limit and --deadline need a --component to apply to"
         );
-        return Ok(None);
+        if args.trust.is_empty() && args.policy.is_none() {
+            return Ok(None);
+        }
     }
+    let policy: Option<Vec<u8>> = match (&args.policy, args.trust.is_empty()) {
+        (Some(path), _) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read the policy {}", path.display()))?;
+            let policy = tuk_measure::policy::TrustPolicy::from_json(&bytes)
+                .with_context(|| format!("{} is not a valid trust policy", path.display()))?;
+            Some(policy.canonical_json())
+        }
+        (None, false) => Some(sign::policy_of_keys(&args.trust)?.canonical_json()),
+        (None, true) => None,
+    };
     let mut deployments = args
         .components
         .iter()
@@ -128,7 +191,10 @@ fn deployment(args: &RunArgs, state_dir: &std::path::Path) -> Result<Option<Path
             positive(v).map(|ms| ms.to_string())
         })?;
     }
-    let (pack, packed) = tuk_compose::boot_pack(&deployments)?;
+    for d in &mut deployments {
+        resolve_reference(d, state_dir)?;
+    }
+    let (pack, packed) = tuk_compose::boot_pack(&deployments, policy.as_deref())?;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
     let path = state_dir.join("boot.pack");
@@ -156,6 +222,12 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Component(cmd) => component::component(cmd),
         Command::Compile(args) => component::compile(args),
+        Command::Publish(args) => registry::publish(args),
+        Command::Pull(args) => registry::pull(args),
+        Command::Keygen(args) => sign::keygen(args),
+        Command::Sign(args) => sign::sign(args),
+        Command::Verify(args) => sign::verify(args),
+        Command::Policy(args) => sign::policy(args),
     };
     match outcome {
         Ok(code) => code,
@@ -260,6 +332,20 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     );
 
     let mut vm = Instance::start(cfg)?;
+    let measured = vm.measured_boot();
+    eprintln!(
+        "tuk: vTPM {} ({}), measured launch {} ms: PCR 4 kernel sha256:{}, PCR 5 boot config sha256:{}; event log {}",
+        measured.vtpm.state.display(),
+        if measured.manufactured {
+            format!("created in {} ms", measured.manufacture_ms)
+        } else {
+            "existing".to_owned()
+        },
+        measured.launch_ms,
+        measured.records[0].digests[0].digest,
+        measured.records[1].digests[0].digest,
+        measured.eventlog.display()
+    );
     eprintln!(
         "tuk: ready at {} (accel {}, boot {} ms, pid {}); console log {}",
         vm.url(),

@@ -176,11 +176,22 @@ fn run_exits_1_with_the_console_tail_when_the_vm_dies() {
         .expect("no ready line from `tuk run`");
     assert!(ready.contains("\"ready\""), "{ready}");
 
-    let qemu = children_of(child.0.id());
+    // tuk's children: QEMU and the swtpm behind its vTPM.
+    let children = children_of(child.0.id());
+    let comm = |pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let qemu: Vec<u32> = children
+        .iter()
+        .copied()
+        .filter(|p| comm(p).starts_with("qemu-system"))
+        .collect();
     assert_eq!(
         qemu.len(),
         1,
-        "tuk should have exactly one child (QEMU): {qemu:?}"
+        "tuk should have exactly one QEMU child: {children:?}"
+    );
+    assert!(
+        children.iter().any(|p| comm(p).trim() == "swtpm"),
+        "and a swtpm for the vTPM: {children:?}"
     );
     let killed = Command::new("kill")
         .args(["-KILL", &qemu[0].to_string()])

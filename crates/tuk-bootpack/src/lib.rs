@@ -3,10 +3,18 @@
 //!
 //! ```text
 //! pack   = magic "TUKPACK1" | count: u32 LE | entry * count
-//! entry  = name_len: u16 LE | name (UTF-8, [a-z0-9-], 1..=63 bytes)
+//! entry  = name_len: u16 LE | name (UTF-8, [a-z0-9-], 1..=63 bytes, or a reserved name)
 //!        | meta_len: u32 LE | meta (UTF-8 lines `key=value\n`)
 //!        | data_len: u64 LE | data (the component's compiled code, `tuk compile` output)
 //! ```
+//!
+//! Besides components, a pack carries at most one of each *reserved* entry ([`RESERVED`]):
+//! `_eventlog` (the launcher's CEL-JSON event-log records, docs/measurement.md) and `_policy`
+//! (the trust policy). Their names start with `_`, so they can never collide with a component
+//! (nor be routed to); [`PackBuilder::add_reserved`] writes them and [`Pack::reserved`] reads
+//! them. [`Pack::entries`] holds components only, so code that deploys every entry never sees
+//! a reserved one. [`Pack::components_encoding`] is the pack without its reserved entries:
+//! what the launcher's PCR 5 boot-configuration document digests (`boot_pack_sha256`).
 //!
 //! [`Pack::parse`] is the checked constructor for untrusted bytes: it validates every length
 //! against the remaining input before slicing, bounds the entry count, checks names and
@@ -28,6 +36,17 @@ pub const MAX_ENTRIES: usize = 64;
 /// Upper bound on one entry's metadata.
 pub const MAX_META: usize = 16 * 1024;
 pub const MAX_NAME: usize = 63;
+/// The launcher's event-log records (a CEL-JSON array), read by the kernel at boot.
+pub const EVENTLOG: &str = "_eventlog";
+/// The trust policy (canonical JSON), measured by the kernel into PCR 8.
+pub const POLICY: &str = "_policy";
+/// Names a pack may carry besides components, each at most once.
+pub const RESERVED: [&str; 2] = [EVENTLOG, POLICY];
+
+/// True if `name` is one of the [`RESERVED`] entry names.
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED.contains(&name)
+}
 
 /// One component in a pack, borrowing the pack's bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +66,10 @@ impl<'a> Entry<'a> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pack<'a> {
+    /// The components, in pack order (never a reserved entry).
     pub entries: Vec<Entry<'a>>,
+    /// The reserved entries ([`RESERVED`]), in pack order; look them up with [`Pack::reserved`].
+    pub reserved_entries: Vec<Entry<'a>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,19 +165,27 @@ impl<'a> Pack<'a> {
             return Err(PackError::BadMagic);
         }
         let count = u32::from_le_bytes(r.array()?);
-        if count as usize > MAX_ENTRIES {
+        if count as usize > MAX_ENTRIES + RESERVED.len() {
             return Err(PackError::TooManyEntries(count));
         }
         let mut entries: Vec<Entry<'a>> = Vec::with_capacity(count as usize);
+        let mut reserved_entries: Vec<Entry<'a>> = Vec::new();
         for _ in 0..count {
             let name_len = u16::from_le_bytes(r.array()?);
             let name_bytes = r.take(u64::from(name_len))?;
             let name = core::str::from_utf8(name_bytes)
                 .ok()
-                .filter(|n| valid_name(n))
+                .filter(|n| valid_name(n) || is_reserved(n))
                 .ok_or_else(|| PackError::BadName(String::from_utf8_lossy(name_bytes).into()))?;
-            if entries.iter().any(|e| e.name == name) {
+            if entries
+                .iter()
+                .chain(&reserved_entries)
+                .any(|e| e.name == name)
+            {
                 return Err(PackError::DuplicateName(name.into()));
+            }
+            if !is_reserved(name) && entries.len() == MAX_ENTRIES {
+                return Err(PackError::TooManyEntries(count));
             }
             let meta_len = u32::from_le_bytes(r.array()?);
             if meta_len as usize > MAX_META {
@@ -167,12 +197,46 @@ impl<'a> Pack<'a> {
             let meta = parse_meta(name, r.take(u64::from(meta_len))?)?;
             let data_len = u64::from_le_bytes(r.array()?);
             let data = r.take(data_len)?;
-            entries.push(Entry { name, meta, data });
+            let list = if is_reserved(name) {
+                &mut reserved_entries
+            } else {
+                &mut entries
+            };
+            list.push(Entry { name, meta, data });
         }
         match bytes.len() - r.at {
-            0 => Ok(Pack { entries }),
+            0 => Ok(Pack {
+                entries,
+                reserved_entries,
+            }),
             n => Err(PackError::TrailingBytes(n)),
         }
+    }
+
+    /// The reserved entry `name` ([`EVENTLOG`], [`POLICY`]), if the pack carries it.
+    pub fn reserved(&self, name: &str) -> Option<&Entry<'a>> {
+        self.reserved_entries.iter().find(|e| e.name == name)
+    }
+
+    /// The canonical encoding of this pack's components alone (reserved entries left out), as
+    /// [`PackBuilder`] writes it. For a pack built without reserved entries this is exactly its
+    /// bytes. The launcher's boot-configuration document (PCR 5) carries its SHA-256.
+    pub fn components_encoding(&self) -> Vec<u8> {
+        let mut b = PackBuilder::new();
+        for e in &self.entries {
+            b.push(e.name, &e.meta, e.data);
+        }
+        b.finish()
+    }
+
+    /// A builder holding every entry of this pack (components and reserved, in that order),
+    /// to add more to.
+    pub fn to_builder(&self) -> PackBuilder {
+        let mut b = PackBuilder::new();
+        for e in self.entries.iter().chain(&self.reserved_entries) {
+            b.push(e.name, &e.meta, e.data);
+        }
+        b
     }
 }
 
@@ -181,6 +245,7 @@ impl<'a> Pack<'a> {
 pub struct PackBuilder {
     out: Vec<u8>,
     names: Vec<String>,
+    components: usize,
 }
 
 impl PackBuilder {
@@ -188,6 +253,7 @@ impl PackBuilder {
         Self::default()
     }
 
+    /// Adds a component.
     pub fn add(
         &mut self,
         name: &str,
@@ -197,11 +263,45 @@ impl PackBuilder {
         if !valid_name(name) {
             return Err(PackError::BadName(name.into()));
         }
+        if self.components == MAX_ENTRIES {
+            return Err(PackError::TooManyEntries(MAX_ENTRIES as u32 + 1));
+        }
+        self.checked_push(name, meta, data)?;
+        self.components += 1;
+        Ok(self)
+    }
+
+    /// Adds a reserved entry ([`EVENTLOG`] or [`POLICY`]); any other name is refused.
+    pub fn add_reserved(
+        &mut self,
+        name: &str,
+        meta: &[(&str, &str)],
+        data: &[u8],
+    ) -> Result<&mut Self, PackError> {
+        if !is_reserved(name) {
+            return Err(PackError::BadName(name.into()));
+        }
+        self.checked_push(name, meta, data)?;
+        Ok(self)
+    }
+
+    /// Appends an entry that came out of [`Pack::parse`] (already validated).
+    fn push(&mut self, name: &str, meta: &[(&str, &str)], data: &[u8]) {
+        let pushed = self.checked_push(name, meta, data);
+        debug_assert!(pushed.is_ok(), "a parsed entry failed to re-encode");
+        if !is_reserved(name) {
+            self.components += 1;
+        }
+    }
+
+    fn checked_push(
+        &mut self,
+        name: &str,
+        meta: &[(&str, &str)],
+        data: &[u8],
+    ) -> Result<(), PackError> {
         if self.names.iter().any(|n| n == name) {
             return Err(PackError::DuplicateName(name.into()));
-        }
-        if self.names.len() == MAX_ENTRIES {
-            return Err(PackError::TooManyEntries(MAX_ENTRIES as u32 + 1));
         }
         let mut meta_text = String::new();
         for (k, v) in meta {
@@ -236,7 +336,7 @@ impl PackBuilder {
             .extend_from_slice(&(data.len() as u64).to_le_bytes());
         self.out.extend_from_slice(data);
         self.names.push(name.into());
-        Ok(self)
+        Ok(())
     }
 
     pub fn finish(&self) -> Vec<u8> {
@@ -329,6 +429,93 @@ mod tests {
         assert!(PackBuilder::new()
             .add("a", &[("k", "v\nx=y")], b"")
             .is_err());
+    }
+
+    #[test]
+    fn reserved_entries() {
+        let components = sample();
+        let mut b = Pack::parse(&components).unwrap().to_builder();
+        b.add_reserved(EVENTLOG, &[("format", "cel-json")], b"[]")
+            .unwrap();
+        b.add_reserved(POLICY, &[], b"{}").unwrap();
+        let bytes = b.finish();
+        let pack = Pack::parse(&bytes).unwrap();
+        // Components only in `entries`: a deploy loop never sees a reserved entry.
+        let names: Vec<_> = pack.entries.iter().map(|e| e.name).collect();
+        assert_eq!(names, ["hello", "kv"]);
+        assert_eq!(pack.reserved(EVENTLOG).unwrap().data, b"[]");
+        assert_eq!(
+            pack.reserved(EVENTLOG).unwrap().meta("format"),
+            Some("cel-json")
+        );
+        assert_eq!(pack.reserved(POLICY).unwrap().data, b"{}");
+        assert!(pack.reserved("_other").is_none());
+        // Without its reserved entries the pack is byte for byte the components' pack.
+        assert_eq!(pack.components_encoding(), components);
+        assert_eq!(
+            Pack::parse(&components).unwrap().components_encoding(),
+            components
+        );
+        // Checked parsing still holds with reserved entries in.
+        for n in 0..bytes.len() {
+            assert!(
+                Pack::parse(&bytes[..n]).is_err(),
+                "prefix of {n} bytes parsed"
+            );
+        }
+    }
+
+    #[test]
+    fn reserved_names_are_checked() {
+        // Not through `add`, and only the listed names through `add_reserved`.
+        assert!(PackBuilder::new().add(EVENTLOG, &[], b"").is_err());
+        for bad in ["_tuk", "_", "hello", "_EVENTLOG"] {
+            assert!(
+                PackBuilder::new().add_reserved(bad, &[], b"").is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        let mut b = PackBuilder::new();
+        b.add_reserved(POLICY, &[], b"").unwrap();
+        assert_eq!(
+            b.add_reserved(POLICY, &[], b"").err(),
+            Some(PackError::DuplicateName(POLICY.into()))
+        );
+        // A hand-made pack with an unknown `_` name or a reserved name twice is refused.
+        let mut raw = MAGIC.to_vec();
+        raw.extend_from_slice(&1u32.to_le_bytes());
+        raw.extend_from_slice(&4u16.to_le_bytes());
+        raw.extend_from_slice(b"_tuk");
+        raw.extend_from_slice(&0u32.to_le_bytes());
+        raw.extend_from_slice(&0u64.to_le_bytes());
+        assert_eq!(Pack::parse(&raw), Err(PackError::BadName("_tuk".into())));
+        let mut twice = MAGIC.to_vec();
+        twice.extend_from_slice(&2u32.to_le_bytes());
+        for _ in 0..2 {
+            twice.extend_from_slice(&7u16.to_le_bytes());
+            twice.extend_from_slice(b"_policy");
+            twice.extend_from_slice(&0u32.to_le_bytes());
+            twice.extend_from_slice(&0u64.to_le_bytes());
+        }
+        assert_eq!(
+            Pack::parse(&twice),
+            Err(PackError::DuplicateName(POLICY.into()))
+        );
+    }
+
+    #[test]
+    fn reserved_entries_do_not_count_against_components() {
+        let mut b = PackBuilder::new();
+        for i in 0..MAX_ENTRIES {
+            b.add(&format!("c{i}"), &[], b"").unwrap();
+        }
+        assert!(b.add("one-more", &[], b"").is_err());
+        b.add_reserved(EVENTLOG, &[], b"").unwrap();
+        b.add_reserved(POLICY, &[], b"").unwrap();
+        let bytes = b.finish();
+        let pack = Pack::parse(&bytes).unwrap();
+        assert_eq!(pack.entries.len(), MAX_ENTRIES);
+        assert_eq!(pack.reserved_entries.len(), 2);
     }
 
     #[test]

@@ -81,6 +81,13 @@ pub fn compile(component: &[u8]) -> Result<Vec<u8>, CompileError> {
         .map_err(|e| CompileError::Invalid(format!("{e:#}")))
 }
 
+/// The fingerprint of the engine compiled code is for ([`tuk_engine::fingerprint`], the same
+/// function the kernel calls): `tuk sign` puts it into the signed statement; the kernel
+/// refuses code signed for another fingerprint before deserializing it.
+pub fn engine_fingerprint() -> Result<String, CompileError> {
+    Ok(tuk_engine::fingerprint())
+}
+
 /// Compiles the component at `input` into `output`.
 pub fn compile_file(input: &Path, output: &Path) -> Result<Artifact, CompileError> {
     let io = |path: &Path| {
@@ -116,6 +123,16 @@ mod tests {
         assert_eq!(detect(&a), WasmKind::Precompiled);
         assert_eq!(a, compile(EMPTY_COMPONENT).unwrap());
         assert!(matches!(compile(&a), Err(CompileError::AlreadyCompiled)));
+    }
+
+    #[test]
+    fn engine_fingerprint_is_stable_hex() {
+        let a = engine_fingerprint().unwrap();
+        assert_eq!(a.len(), 64);
+        assert!(a
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert_eq!(a, engine_fingerprint().unwrap());
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub enum DeployError {
     },
     #[error("component {name} ({path}): not a component or compiled code; build it with `tuk component build`")]
     NotWasm { name: String, path: String },
+    #[error("component {name} ({path}): with --trust, components must be signed bundles: make one with `tuk sign`")]
+    Unsigned { name: String, path: String },
     #[error("{0}")]
     Pack(#[from] tuk_bootpack::PackError),
 }
@@ -116,9 +118,23 @@ pub fn apply_value(
     Ok(())
 }
 
+/// The magic of a signed bundle (`tuk sign`, docs/measurement.md).
+const BUNDLE_MAGIC: &[u8; 8] = b"TUKBNDL1";
+
 /// Reads, compiles where needed, and packs every deployment into a boot pack.
-pub fn boot_pack(deployments: &[Deployment]) -> Result<(Vec<u8>, Vec<Packed>), DeployError> {
+///
+/// With a trust `policy` (canonical JSON, `tuk policy`), every component must be a signed
+/// bundle: bundles go into the pack as they are (the kernel verifies and measures them), and
+/// the policy goes in as the reserved `_policy` entry. Without one, components are compiled
+/// code (development mode: measured, never attestable as trusted).
+pub fn boot_pack(
+    deployments: &[Deployment],
+    policy: Option<&[u8]>,
+) -> Result<(Vec<u8>, Vec<Packed>), DeployError> {
     let mut builder = PackBuilder::new();
+    if let Some(policy) = policy {
+        builder.add_reserved(tuk_bootpack::POLICY, &[], policy)?;
+    }
     let mut packed = Vec::with_capacity(deployments.len());
     for d in deployments {
         let path = d.source.display().to_string();
@@ -126,7 +142,15 @@ pub fn boot_pack(deployments: &[Deployment]) -> Result<(Vec<u8>, Vec<Packed>), D
             path: path.clone(),
             source,
         })?;
+        let signed = bytes.starts_with(BUNDLE_MAGIC);
+        if policy.is_some() && !signed {
+            return Err(DeployError::Unsigned {
+                name: d.name.clone(),
+                path,
+            });
+        }
         let code = match detect(&bytes) {
+            _ if signed => bytes.clone(),
             WasmKind::Precompiled => bytes.clone(),
             WasmKind::Component | WasmKind::CoreModule => {
                 crate::compile(&bytes).map_err(|source| DeployError::Compile {
@@ -204,14 +228,17 @@ mod tests {
             source: path,
             meta: vec![],
         };
-        assert!(matches!(boot_pack(&[d]), Err(DeployError::NotWasm { .. })));
+        assert!(matches!(
+            boot_pack(&[d], None),
+            Err(DeployError::NotWasm { .. })
+        ));
         let missing = Deployment {
             name: "y".into(),
             source: dir.join("missing.wasm"),
             meta: vec![],
         };
         assert!(matches!(
-            boot_pack(&[missing]),
+            boot_pack(&[missing], None),
             Err(DeployError::Read { .. })
         ));
     }

@@ -12,6 +12,8 @@
 //! [`QEMU_CPU_MODEL`] is the model the launcher gives QEMU, kept here next to the flags.
 #![no_std]
 
+extern crate alloc;
+
 /// The target the kernel is built for and components are compiled for.
 pub const TARGET: &str = "x86_64-unknown-none";
 
@@ -80,4 +82,49 @@ pub fn config() -> wasmtime::Config {
     let mut config = wasmtime::Config::new();
     configure(&mut config);
     config
+}
+
+/// What defines compatibility of compiled code with the kernel's engine, as one string: the
+/// exact wasmtime version and every setting [`configure`] makes. Keep it in step with
+/// `configure` (a unit test below checks the values it names).
+pub const DESCRIPTION: &str = concat!(
+    "wasmtime=48.0.8;target=x86_64-unknown-none;",
+    "isa=has_sse3,has_ssse3,has_sse41,has_sse42,has_popcnt;",
+    "signals_based_traps=false;memory_reservation=0;memory_guard_size=0;",
+    "memory_reservation_for_growth=0;memory_init_cow=false;epoch_interruption=true;",
+    "relaxed_simd=false;component_model=true;max_wasm_stack=524288"
+);
+
+/// The engine fingerprint signed into every bundle (`predicate.engine`) and checked by the
+/// kernel before it loads code: lowercase hex SHA-256 of [`DESCRIPTION`]. wasmtime checks the
+/// real compatibility again when it deserializes; the fingerprint makes the publisher's
+/// intent part of what is signed and measured.
+pub fn fingerprint() -> alloc::string::String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(DESCRIPTION.as_bytes());
+    let mut hex = alloc::string::String::with_capacity(64);
+    for b in digest {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        hex.push(DIGITS[usize::from(b >> 4)] as char);
+        hex.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    hex
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn description_names_every_setting() {
+        for flag in ISA_FLAGS {
+            assert!(
+                DESCRIPTION.contains(flag),
+                "{flag} missing from DESCRIPTION"
+            );
+        }
+        assert!(DESCRIPTION.contains(TARGET));
+        assert!(DESCRIPTION.contains(&alloc::format!("max_wasm_stack={MAX_WASM_STACK}")));
+        assert_eq!(fingerprint().len(), 64);
+    }
 }

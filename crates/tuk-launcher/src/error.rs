@@ -97,6 +97,12 @@ pub enum LaunchError {
 
     #[error("cannot control QEMU (pid {pid}): {cause}")]
     Process { pid: u32, cause: io::Error },
+
+    #[error("vTPM: {0}")]
+    Vtpm(#[from] tuk_vtpm::VtpmError),
+
+    #[error("boot pack {path}: {reason}")]
+    BadBootPack { path: PathBuf, reason: String },
 }
 
 impl LaunchError {

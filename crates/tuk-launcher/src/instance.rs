@@ -4,6 +4,13 @@
 //! first `200` from `GET /_tuk/health` on the forwarded port; `shutdown\n` on the console stops
 //! the kernel, which exits QEMU with status 33. An [`Instance`] owns its QEMU process: dropping
 //! it kills QEMU, so no VM outlives its owner (a `SIGKILL` of the owner itself excepted).
+//!
+//! Every VM has a vTPM (docs/measurement.md): before QEMU starts, the launcher manufactures the
+//! VM's swtpm state on first use, measures the kernel image (PCR 4) and the boot configuration
+//! (PCR 5) into it and saves it with TPM2_Shutdown(STATE); then a fresh swtpm serves QEMU's
+//! `tpm-crb` device and the guest resumes the TPM with TPM2_Startup(STATE). The launcher's
+//! event-log records reach the kernel as the boot pack's `_eventlog` entry, so a boot pack is
+//! always passed.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -20,13 +27,21 @@ use std::time::{Duration, Instant};
 use crate::console::Capture;
 use crate::error::tail;
 use crate::health::{self, Health, HEALTH_PATH};
+use crate::measured::{self, BootConfig, LauncherMeasurements, Record, EVENTLOG_FILE};
 use crate::qemu::{self, Accel};
 use crate::LaunchError;
+use tuk_vtpm::{Swtpm, Tools, VtpmPaths};
 
 /// The console copy inside the state directory.
 pub const CONSOLE_LOG: &str = "console.log";
 /// QEMU's own stderr inside the state directory.
 pub const STDERR_LOG: &str = "qemu-stderr.log";
+/// The files QEMU loads, inside the state directory: the kernel image (a copy of
+/// [`RunConfig::kernel`], so the bytes measured into PCR 4 are the bytes loaded) and the boot
+/// pack with the `_eventlog` entry.
+pub const BOOT_DIR: &str = "boot";
+pub const BOOT_KERNEL: &str = "tuk-kernel";
+pub const BOOT_PACK: &str = "initrd.pack";
 /// QEMU's exit status after the kernel wrote 0x10 to isa-debug-exit.
 pub const EXIT_CLEAN: i32 = 33;
 /// QEMU's exit status after a kernel fault or panic (0x01 to isa-debug-exit).
@@ -44,6 +59,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 const PROBE_BEFORE_READY: Duration = Duration::from_secs(1);
 /// How long to wait for the capture threads to drain after QEMU exits.
 const DRAIN: Duration = Duration::from_secs(1);
+/// How long swtpm gets to exit by itself after QEMU has.
+const SWTPM_GRACE: Duration = Duration::from_secs(2);
 
 /// How to boot one VM.
 #[derive(Clone, Debug)]
@@ -59,9 +76,13 @@ pub struct RunConfig {
     pub state_dir: PathBuf,
     /// Spawn → first healthy answer.
     pub boot_timeout: Duration,
-    /// The boot pack (components to serve), handed to the kernel as its PVH module
-    /// (QEMU `-initrd`). Built by `tuk_compose::boot_pack`.
+    /// The boot pack (components to serve), built by `tuk_compose::boot_pack`. The launcher
+    /// adds its `_eventlog` entry and hands the result to the kernel as its PVH module (QEMU
+    /// `-initrd`); with `None`, a pack with no components is passed.
     pub boot_pack: Option<PathBuf>,
+    /// The CA that issues the vTPM's EK certificates on first use of a state directory
+    /// (default [`tuk_vtpm::default_ca_dir`]: per user).
+    pub vtpm_ca_dir: PathBuf,
     /// When set (e.g. by a signal handler), a boot in progress is abandoned: QEMU is killed and
     /// [`LaunchError::Cancelled`] returned.
     pub cancel: Option<Arc<AtomicBool>>,
@@ -83,6 +104,7 @@ impl RunConfig {
             state_dir: Self::default_state_dir(listen),
             boot_timeout: Self::DEFAULT_BOOT_TIMEOUT,
             boot_pack: None,
+            vtpm_ca_dir: tuk_vtpm::default_ca_dir(),
             cancel: None,
         }
     }
@@ -175,9 +197,130 @@ impl fmt::Display for ExitKind {
     }
 }
 
+/// What the launcher measured for one boot, and where the vTPM lives.
+#[derive(Clone, Debug)]
+pub struct MeasuredBoot {
+    /// The launcher's event-log records (recnum 0: PCR 4, 1: PCR 5).
+    pub records: Vec<Record>,
+    /// The boot configuration document measured into PCR 5.
+    pub boot_config: BootConfig,
+    /// `<state_dir>/eventlog.launcher.json`.
+    pub eventlog: PathBuf,
+    /// The vTPM's files (swtpm state, certificates, sockets, log).
+    pub vtpm: VtpmPaths,
+    /// The CA that issued the EK certificates.
+    pub ca_dir: PathBuf,
+    /// True if this start manufactured the vTPM (first use of the state directory).
+    pub manufactured: bool,
+    /// swtpm_setup's time (0 when the state existed).
+    pub manufacture_ms: u64,
+    /// The measured launch (swtpm, Startup, 2 extends, Shutdown(STATE), exit) plus starting
+    /// the swtpm QEMU uses: what the vTPM adds to every boot.
+    pub launch_ms: u64,
+}
+
+/// Inputs read once per [`Instance::start`] (not per boot attempt).
+struct Prepared {
+    tools: Tools,
+    vtpm: VtpmPaths,
+    /// The copy QEMU loads.
+    kernel: PathBuf,
+    kernel_name: String,
+    kernel_size: u64,
+    kernel_sha256: [u8; 32],
+    /// The boot pack as given (or an empty one); `_eventlog` is added per boot.
+    pack: Vec<u8>,
+    pack_path: PathBuf,
+    /// SHA-256 (hex) of the pack's components encoding: PCR 5's `boot_pack_sha256`.
+    components_sha256: String,
+    manufactured: bool,
+    manufacture_ms: u64,
+}
+
+impl Prepared {
+    fn new(cfg: &RunConfig) -> Result<Prepared, LaunchError> {
+        let tools = Tools::find()?;
+        let vtpm = VtpmPaths::new(&cfg.state_dir)?;
+        let t = Instant::now();
+        let manufactured = tuk_vtpm::manufacture(&tools, &vtpm, &cfg.vtpm_ca_dir)?
+            == tuk_vtpm::Manufactured::Created;
+        let manufacture_ms = if manufactured {
+            t.elapsed().as_millis() as u64
+        } else {
+            0
+        };
+
+        let boot_dir = cfg.state_dir.join(BOOT_DIR);
+        fs::create_dir_all(&boot_dir)
+            .map_err(|e| LaunchError::io("cannot create", &boot_dir, e))?;
+        let image = fs::read(&cfg.kernel)
+            .map_err(|e| LaunchError::io("cannot read the kernel image", &cfg.kernel, e))?;
+        let kernel = boot_dir.join(BOOT_KERNEL);
+        fs::write(&kernel, &image).map_err(|e| LaunchError::io("cannot write", &kernel, e))?;
+
+        let pack = match &cfg.boot_pack {
+            Some(path) => fs::read(path).map_err(|e| LaunchError::io("cannot read", path, e))?,
+            None => tuk_bootpack::PackBuilder::new().finish(),
+        };
+        let pack_path = cfg
+            .boot_pack
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("(no components)"));
+        let bad = |reason: String| LaunchError::BadBootPack {
+            path: pack_path.clone(),
+            reason,
+        };
+        let parsed = tuk_bootpack::Pack::parse(&pack).map_err(|e| bad(e.to_string()))?;
+        if parsed.reserved(tuk_bootpack::EVENTLOG).is_some() {
+            return Err(bad(format!(
+                "it already has an `{}` entry; the launcher adds its own",
+                tuk_bootpack::EVENTLOG
+            )));
+        }
+        let components_sha256 = measured::hex(&measured::sha256(&parsed.components_encoding()));
+        Ok(Prepared {
+            tools,
+            vtpm,
+            kernel,
+            kernel_name: cfg
+                .kernel
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            kernel_size: image.len() as u64,
+            kernel_sha256: measured::sha256(&image),
+            pack,
+            pack_path,
+            components_sha256,
+            manufactured,
+            manufacture_ms,
+        })
+    }
+
+    /// The boot pack QEMU loads: the given pack plus the `_eventlog` entry.
+    fn pack_with_eventlog(&self, eventlog: &[u8]) -> Result<Vec<u8>, LaunchError> {
+        let parsed =
+            tuk_bootpack::Pack::parse(&self.pack).map_err(|e| LaunchError::BadBootPack {
+                path: self.pack_path.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut builder = parsed.to_builder();
+        builder
+            .add_reserved(tuk_bootpack::EVENTLOG, &[("format", "cel-json")], eventlog)
+            .map_err(|e| LaunchError::BadBootPack {
+                path: self.pack_path.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(builder.finish())
+    }
+}
+
 /// A running (or finished) host-kernel VM.
 pub struct Instance {
     child: Child,
+    /// The swtpm behind QEMU's TPM; it exits with QEMU.
+    swtpm: Option<Swtpm>,
+    measured: MeasuredBoot,
     stdin: Option<ChildStdin>,
     status: Option<ExitStatus>,
     accel: Accel,
@@ -226,18 +369,19 @@ impl Instance {
             });
         }
         prepare_state_dir(&cfg.state_dir)?;
+        let prep = Prepared::new(&cfg)?;
         match cfg.accel {
-            Accel::Tcg => Self::boot(&cfg, &program, Accel::Tcg, cfg.boot_timeout),
+            Accel::Tcg => Self::boot(&cfg, &prep, &program, Accel::Tcg, cfg.boot_timeout),
             Accel::Kvm => {
                 open_kvm().map_err(|cause| LaunchError::KvmUnavailable { cause })?;
-                Self::boot(&cfg, &program, Accel::Kvm, cfg.boot_timeout)
+                Self::boot(&cfg, &prep, &program, Accel::Kvm, cfg.boot_timeout)
             }
             Accel::Auto => {
                 if open_kvm().is_err() {
-                    return Self::boot(&cfg, &program, Accel::Tcg, cfg.boot_timeout);
+                    return Self::boot(&cfg, &prep, &program, Accel::Tcg, cfg.boot_timeout);
                 }
                 let kvm_timeout = cfg.boot_timeout.min(KVM_PROBE_TIMEOUT);
-                match Self::boot(&cfg, &program, Accel::Kvm, kvm_timeout) {
+                match Self::boot(&cfg, &prep, &program, Accel::Kvm, kvm_timeout) {
                     Ok(instance) => Ok(instance),
                     Err(
                         e @ (LaunchError::DiedDuringBoot { .. } | LaunchError::BootTimeout { .. }),
@@ -254,7 +398,7 @@ impl Instance {
                             let _ = fs::rename(cfg.state_dir.join(from), cfg.state_dir.join(to));
                         }
                         let mut instance =
-                            Self::boot(&cfg, &program, Accel::Tcg, cfg.boot_timeout)?;
+                            Self::boot(&cfg, &prep, &program, Accel::Tcg, cfg.boot_timeout)?;
                         instance.kvm_fallback = Some(reason);
                         Ok(instance)
                     }
@@ -264,9 +408,10 @@ impl Instance {
         }
     }
 
-    /// One boot attempt with a resolved accelerator.
+    /// One boot attempt with a resolved accelerator: measured launch, swtpm, QEMU.
     fn boot(
         cfg: &RunConfig,
+        prep: &Prepared,
         program: &std::ffi::OsStr,
         accel: Accel,
         timeout: Duration,
@@ -280,12 +425,50 @@ impl Instance {
                 .unwrap_or_default();
             kernel_args.push(("time.unix_ms".into(), now.as_millis().to_string()));
         }
-        let mut argv =
-            qemu::qemu_args(&cfg.kernel, accel, cfg.memory_mib, cfg.listen, &kernel_args)?;
-        if let Some(pack) = &cfg.boot_pack {
-            argv.push("-initrd".into());
-            argv.push(pack.as_os_str().to_owned());
-        }
+        let mut argv = qemu::qemu_args(
+            &prep.kernel,
+            accel,
+            cfg.memory_mib,
+            cfg.listen,
+            &kernel_args,
+        )?;
+
+        // The measurements, from the argv itself, and their event log.
+        let boot_config = BootConfig::from_argv(&argv, Some(prep.components_sha256.clone()))
+            .expect("qemu_args has -append, -m, -M and -cpu exactly once");
+        let m = LauncherMeasurements::new(
+            &prep.kernel_name,
+            prep.kernel_size,
+            prep.kernel_sha256,
+            boot_config,
+        );
+        let eventlog = m.eventlog_json();
+        let eventlog_path = cfg.state_dir.join(EVENTLOG_FILE);
+        fs::write(&eventlog_path, &eventlog)
+            .map_err(|e| LaunchError::io("cannot write", &eventlog_path, e))?;
+        let initrd = cfg.state_dir.join(BOOT_DIR).join(BOOT_PACK);
+        fs::write(&initrd, prep.pack_with_eventlog(&eventlog)?)
+            .map_err(|e| LaunchError::io("cannot write", &initrd, e))?;
+
+        // Measured launch into the saved TPM state, then the swtpm QEMU talks to.
+        let t = Instant::now();
+        tuk_vtpm::measured_launch(&prep.tools, &prep.vtpm, &m.extends())?;
+        let swtpm = tuk_vtpm::spawn_for_qemu(&prep.tools, &prep.vtpm)?;
+        let launch_ms = t.elapsed().as_millis() as u64;
+        argv.extend(qemu::vtpm_args(&prep.vtpm.qemu_ctrl));
+        argv.push("-initrd".into());
+        argv.push(initrd.into_os_string());
+        let measured = MeasuredBoot {
+            records: m.records,
+            boot_config: m.boot_config,
+            eventlog: eventlog_path,
+            vtpm: prep.vtpm.clone(),
+            ca_dir: cfg.vtpm_ca_dir.clone(),
+            manufactured: prep.manufactured,
+            manufacture_ms: prep.manufacture_ms,
+            launch_ms,
+        };
+
         let console_log = cfg.state_dir.join(CONSOLE_LOG);
         let stderr_log = cfg.state_dir.join(STDERR_LOG);
         let console_file = File::create(&console_log)
@@ -328,6 +511,8 @@ impl Instance {
         let mut instance = Instance {
             stdin: child.stdin.take(),
             child,
+            swtpm: Some(swtpm),
+            measured,
             status: None,
             accel,
             addr: connectable(cfg.listen),
@@ -474,6 +659,10 @@ impl Instance {
     fn exited(&mut self, status: ExitStatus) {
         self.status = Some(status);
         self.stdin = None;
+        if let Some(swtpm) = self.swtpm.as_mut() {
+            // QEMU's exit closed swtpm's command channel; `--terminate` ends swtpm.
+            swtpm.reap(SWTPM_GRACE);
+        }
         let until = Instant::now() + DRAIN;
         while Instant::now() < until && !(self.console.state().closed && self.stderr.state().closed)
         {
@@ -541,6 +730,23 @@ impl Instance {
         self.child.id()
     }
 
+    /// What the launcher measured into the vTPM for this boot, and where the vTPM lives.
+    pub fn measured_boot(&self) -> &MeasuredBoot {
+        &self.measured
+    }
+
+    /// The pid of the swtpm behind the VM's TPM, while it runs.
+    pub fn swtpm_pid(&mut self) -> Option<u32> {
+        let swtpm = self.swtpm.as_mut()?;
+        swtpm.try_wait().is_none().then(|| swtpm.pid())
+    }
+
+    /// How the swtpm behind the VM's TPM ended, once it has (normally: by itself, status 0,
+    /// right after QEMU).
+    pub fn swtpm_exit(&mut self) -> Option<ExitStatus> {
+        self.swtpm.as_mut()?.try_wait()
+    }
+
     /// `GET /_tuk/health`, parsed.
     pub fn health(&self, timeout: Duration) -> io::Result<Health> {
         health::fetch(self.addr, timeout)
@@ -595,6 +801,7 @@ fn prepare_state_dir(dir: &Path) -> Result<(), LaunchError> {
         STDERR_LOG,
         "console-kvm.log",
         "qemu-stderr-kvm.log",
+        EVENTLOG_FILE,
     ] {
         match fs::remove_file(dir.join(stale)) {
             Ok(()) => {}

@@ -9,8 +9,11 @@
 //! - [`qemu`]: the QEMU command line ([`qemu::qemu_args`]) and the kernel command line.
 //! - [`console`]: the serial console: copy to `console.log`, keep a tail, spot the ready line.
 //! - [`health`]: a tiny blocking HTTP client for `GET /_tuk/health` and the health document.
-//! - [`instance`]: [`Instance::start`] boots and waits for readiness, [`Instance::shutdown`]
-//!   stops cleanly; dropping an [`Instance`] kills QEMU, so no process outlives its owner.
+//! - [`measured`]: the launcher's measurements (PCR 4 kernel, PCR 5 boot configuration) and
+//!   their CEL-JSON event-log records (docs/measurement.md); `tuk-vtpm` runs the swtpm.
+//! - [`instance`]: [`Instance::start`] manufactures the VM's vTPM on first use, measures the
+//!   launch into it, boots and waits for readiness; [`Instance::shutdown`] stops cleanly;
+//!   dropping an [`Instance`] kills QEMU (and its swtpm), so no process outlives its owner.
 //!
 //! Errors are one enum, [`LaunchError`], whose messages say what to do next.
 
@@ -19,6 +22,7 @@ mod error;
 pub mod health;
 pub mod instance;
 pub mod kernel;
+pub mod measured;
 pub mod qemu;
 
 pub use error::LaunchError;

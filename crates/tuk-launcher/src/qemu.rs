@@ -11,6 +11,10 @@ use crate::LaunchError;
 
 /// The guest port the kernel listens on unless `port=` says otherwise (contracts.md).
 pub const DEFAULT_GUEST_PORT: u16 = 80;
+/// `-M`: part of the measured boot configuration (PCR 5).
+pub const MACHINE: &str = "microvm,x-option-roms=off,rtc=off,acpi=off";
+/// `-cpu`: must have the CPU features the AOT-compiled components use (tuk-engine); measured.
+pub const CPU: &str = "max";
 
 /// Which accelerator QEMU uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -190,8 +194,8 @@ pub fn qemu_args(
     #[rustfmt::skip]
     let head = [
         "-accel", accel.as_str(),
-        "-M", "microvm,x-option-roms=off,rtc=off,acpi=off",
-        "-cpu", "max",
+        "-M", MACHINE,
+        "-cpu", CPU,
         "-smp", "1",
         "-m", &memory,
         "-nodefaults", "-no-user-config",
@@ -210,6 +214,23 @@ pub fn qemu_args(
     argv.push("-append".into());
     argv.push(cmdline.into());
     Ok(argv)
+}
+
+/// The vTPM: a TPM 2.0 CRB device (MMIO 0xFED40000) backed by the VM's swtpm, reached over
+/// its control socket. QEMU option values double commas to carry them.
+pub fn vtpm_args(swtpm_ctrl: &Path) -> Vec<OsString> {
+    let path = swtpm_ctrl.to_string_lossy().replace(',', ",,");
+    [
+        "-chardev".to_owned(),
+        format!("socket,id=chrtpm,path={path}"),
+        "-tpmdev".to_owned(),
+        "emulator,id=tpm0,chardev=chrtpm".to_owned(),
+        "-device".to_owned(),
+        "tpm-crb,tpmdev=tpm0".to_owned(),
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect()
 }
 
 #[cfg(test)]
@@ -268,6 +289,22 @@ mod tests {
                 "/k/tuk-kernel",
                 "-append",
                 "http.request_timeout_ms=1500 log=debug",
+            ]
+        );
+    }
+
+    #[test]
+    fn vtpm_device() {
+        let v = vtpm_args(Path::new("/s/a,b/swtpm.sock"));
+        assert_eq!(
+            s(&v),
+            [
+                "-chardev",
+                "socket,id=chrtpm,path=/s/a,,b/swtpm.sock",
+                "-tpmdev",
+                "emulator,id=tpm0,chardev=chrtpm",
+                "-device",
+                "tpm-crb,tpmdev=tpm0",
             ]
         );
     }

@@ -14,10 +14,9 @@ use tpm2_protocol::data::{
     TpmsAuthCommand, TpmsPcrSelect, TpmsPcrSelection, TpmtHa, TpmuHa,
 };
 use tpm2_protocol::frame::{
-    tpm_marshal_command, TpmFrame, TpmGetRandomCommand, TpmGetRandomResponse,
-    TpmPcrExtendCommand, TpmPcrExtendResponse, TpmPcrReadCommand, TpmPcrReadResponse,
-    TpmResponse, TpmShutdownCommand, TpmShutdownResponse, TpmStartupCommand,
-    TpmStartupResponse, TpmUnmarshalBody,
+    tpm_marshal_command, TpmFrame, TpmGetRandomCommand, TpmGetRandomResponse, TpmPcrExtendCommand,
+    TpmPcrExtendResponse, TpmPcrReadCommand, TpmPcrReadResponse, TpmResponse, TpmShutdownCommand,
+    TpmShutdownResponse, TpmStartupCommand, TpmStartupResponse, TpmUnmarshalBody,
 };
 use tpm2_protocol::TpmWriter;
 
@@ -57,7 +56,9 @@ pub enum TpmError {
     /// Building the command or parsing the response failed.
     Protocol(tpm2_protocol::TpmError),
     /// The TPM answered with a non-success response code.
-    Response { code: u32 },
+    Response {
+        code: u32,
+    },
     /// The response was well-formed but not what the command must return.
     Unexpected(&'static str),
 }
@@ -91,7 +92,9 @@ impl fmt::Display for TpmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TpmError::Transport(TransportError::Timeout(what)) => write!(f, "TPM timeout: {what}"),
-            TpmError::Transport(TransportError::Device(what)) => write!(f, "TPM device error: {what}"),
+            TpmError::Transport(TransportError::Device(what)) => {
+                write!(f, "TPM device error: {what}")
+            }
             TpmError::Transport(TransportError::Io) => write!(f, "TPM I/O error"),
             TpmError::Protocol(e) => write!(f, "TPM protocol error: {e}"),
             TpmError::Response { code } => write!(f, "TPM returned {code:#x}: {}", rc_name(*code)),
@@ -146,7 +149,11 @@ fn pcr_selection(pcr: u32) -> Result<TpmlPcrSelection, TpmError> {
 
 impl<T: Transport> Tpm<T> {
     pub fn new(transport: T) -> Self {
-        Tpm { transport, command: [0; MAX_FRAME], response: [0; MAX_FRAME] }
+        Tpm {
+            transport,
+            command: [0; MAX_FRAME],
+            response: [0; MAX_FRAME],
+        }
     }
 
     pub fn transport_mut(&mut self) -> &mut T {
@@ -167,8 +174,13 @@ impl<T: Transport> Tpm<T> {
             }
             writer.len()
         };
-        let n = self.transport.transact(&self.command[..len], &mut self.response)?;
-        let bytes = self.response.get(..n).ok_or(TpmError::Unexpected("response longer than the buffer"))?;
+        let n = self
+            .transport
+            .transact(&self.command[..len], &mut self.response)?;
+        let bytes = self
+            .response
+            .get(..n)
+            .ok_or(TpmError::Unexpected("response longer than the buffer"))?;
         let response = TpmResponse::cast(bytes)?;
         match response.rc()? {
             TpmRc::Fmt0(TpmRcBase::Success) => Ok(response.unmarshal::<R>()?),
@@ -185,7 +197,13 @@ impl<T: Transport> Tpm<T> {
             StartupType::Clear => TpmSu::Clear,
             StartupType::State => TpmSu::State,
         };
-        let _: TpmStartupResponse = self.run(&TpmStartupCommand { handles: [], startup_type }, false)?;
+        let _: TpmStartupResponse = self.run(
+            &TpmStartupCommand {
+                handles: [],
+                startup_type,
+            },
+            false,
+        )?;
         Ok(())
     }
 
@@ -195,7 +213,13 @@ impl<T: Transport> Tpm<T> {
             StartupType::Clear => TpmSu::Clear,
             StartupType::State => TpmSu::State,
         };
-        let _: TpmShutdownResponse = self.run(&TpmShutdownCommand { handles: [], shutdown_type }, false)?;
+        let _: TpmShutdownResponse = self.run(
+            &TpmShutdownCommand {
+                handles: [],
+                shutdown_type,
+            },
+            false,
+        )?;
         Ok(())
     }
 
@@ -206,17 +230,28 @@ impl<T: Transport> Tpm<T> {
             hash_alg: TpmAlgId::Sha256,
             digest: TpmuHa::Digest(TpmBuffer::try_from(&digest[..])?),
         })?;
-        let cmd = TpmPcrExtendCommand { handles: [TpmHandle::new(pcr)], digests };
+        let cmd = TpmPcrExtendCommand {
+            handles: [TpmHandle::new(pcr)],
+            digests,
+        };
         let _: TpmPcrExtendResponse = self.run(&cmd, true)?;
         Ok(())
     }
 
     /// TPM2_PCR_Read of the SHA-256 bank of `pcr`.
     pub fn pcr_read(&mut self, pcr: u32) -> Result<[u8; 32], TpmError> {
-        let cmd = TpmPcrReadCommand { handles: [], pcr_selection_in: pcr_selection(pcr)? };
+        let cmd = TpmPcrReadCommand {
+            handles: [],
+            pcr_selection_in: pcr_selection(pcr)?,
+        };
         let resp: TpmPcrReadResponse = self.run(&cmd, false)?;
-        let value = resp.pcr_values.iter().next().ok_or(TpmError::Unexpected("PCR_Read returned no value"))?;
-        <[u8; 32]>::try_from(&value[..]).map_err(|_| TpmError::Unexpected("PCR value is not 32 bytes"))
+        let value = resp
+            .pcr_values
+            .iter()
+            .next()
+            .ok_or(TpmError::Unexpected("PCR_Read returned no value"))?;
+        <[u8; 32]>::try_from(&value[..])
+            .map_err(|_| TpmError::Unexpected("PCR value is not 32 bytes"))
     }
 
     /// TPM2_GetRandom: fills `out` (several commands if needed).
@@ -224,11 +259,16 @@ impl<T: Transport> Tpm<T> {
         let mut filled = 0;
         while filled < out.len() {
             let want = (out.len() - filled).min(32) as u16;
-            let cmd = TpmGetRandomCommand { handles: [], bytes_requested: want.into() };
+            let cmd = TpmGetRandomCommand {
+                handles: [],
+                bytes_requested: want.into(),
+            };
             let resp: TpmGetRandomResponse = self.run(&cmd, false)?;
             let got = &resp.random_bytes[..];
             if got.is_empty() || got.len() > usize::from(want) {
-                return Err(TpmError::Unexpected("GetRandom returned no or too many bytes"));
+                return Err(TpmError::Unexpected(
+                    "GetRandom returned no or too many bytes",
+                ));
             }
             out[filled..filled + got.len()].copy_from_slice(got);
             filled += got.len();

@@ -22,19 +22,33 @@ impl Drop for Swtpm {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn swtpm() -> Swtpm {
-    let dir = std::env::temp_dir().join(format!("tuk-tpm-test-{}-{}", std::process::id(), free_port()));
+    let dir = std::env::temp_dir().join(format!(
+        "tuk-tpm-test-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let (port, ctrl) = (free_port(), free_port());
     let child = Command::new("swtpm")
         .args(["socket", "--tpm2", "--flags", "not-need-init"])
         .arg("--tpmstate")
         .arg(format!("dir={}", dir.display()))
-        .args(["--server", &format!("type=tcp,port={port},bindaddr=127.0.0.1")])
-        .args(["--ctrl", &format!("type=tcp,port={ctrl},bindaddr=127.0.0.1")])
+        .args([
+            "--server",
+            &format!("type=tcp,port={port},bindaddr=127.0.0.1"),
+        ])
+        .args([
+            "--ctrl",
+            &format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"),
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("swtpm not found: apt-get install swtpm swtpm-tools");
@@ -43,7 +57,11 @@ fn swtpm() -> Swtpm {
         assert!(Instant::now() < deadline, "swtpm did not listen on {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Swtpm { child, port, _dir: dir }
+    Swtpm {
+        child,
+        port,
+        _dir: dir,
+    }
 }
 
 /// swtpm's TCP server: one command, one response, on a persistent connection.
@@ -52,19 +70,26 @@ struct Tcp(TcpStream);
 impl Transport for Tcp {
     fn transact(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, TransportError> {
         self.0.write_all(command).map_err(|_| TransportError::Io)?;
-        self.0.read_exact(&mut response[..10]).map_err(|_| TransportError::Io)?;
-        let size = u32::from_be_bytes([response[2], response[3], response[4], response[5]]) as usize;
+        self.0
+            .read_exact(&mut response[..10])
+            .map_err(|_| TransportError::Io)?;
+        let size =
+            u32::from_be_bytes([response[2], response[3], response[4], response[5]]) as usize;
         if !(10..=response.len()).contains(&size) {
             return Err(TransportError::Device("response size out of range"));
         }
-        self.0.read_exact(&mut response[10..size]).map_err(|_| TransportError::Io)?;
+        self.0
+            .read_exact(&mut response[10..size])
+            .map_err(|_| TransportError::Io)?;
         Ok(size)
     }
 }
 
 fn connect(t: &Swtpm) -> Tpm<Tcp> {
     let stream = TcpStream::connect(("127.0.0.1", t.port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     Tpm::new(Tcp(stream))
 }
 

@@ -1,0 +1,312 @@
+//! The launcher's measurements (docs/measurement.md): PCR 4 = SHA-256 of the kernel image,
+//! PCR 5 = SHA-256 of the boot configuration document, each with one CEL-JSON event-log record
+//! (recnum 0 and 1). The records go to `<state_dir>/eventlog.launcher.json` and, as the boot
+//! pack's reserved `_eventlog` entry, to the kernel.
+//!
+//! [`Record`] is defined here, matching docs/measurement.md field for field; it is meant to be
+//! replaced by `tuk-measure`'s `eventlog::Record` once that exists (same JSON).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// The event log the launcher writes into the state directory.
+pub const EVENTLOG_FILE: &str = "eventlog.launcher.json";
+/// PCR for the kernel image.
+pub const PCR_KERNEL: u32 = 4;
+/// PCR for the boot configuration document.
+pub const PCR_BOOT_CONFIG: u32 = 5;
+pub const CONTENT_KERNEL: &str = "tuk.kernel";
+pub const CONTENT_BOOT_CONFIG: &str = "tuk.boot-config";
+
+/// One CEL-JSON record: `{"recnum","pcr","digests":[{"hashAlg","digest"}],"content_type","content"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub recnum: u64,
+    pub pcr: u32,
+    pub digests: Vec<EventDigest>,
+    pub content_type: String,
+    pub content: serde_json::Value,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventDigest {
+    #[serde(rename = "hashAlg")]
+    pub hash_alg: String,
+    /// Lower-case hex.
+    pub digest: String,
+}
+
+impl Record {
+    fn sha256(
+        recnum: u64,
+        pcr: u32,
+        digest: &[u8; 32],
+        content_type: &str,
+        content: serde_json::Value,
+    ) -> Self {
+        Record {
+            recnum,
+            pcr,
+            digests: vec![EventDigest {
+                hash_alg: "sha256".into(),
+                digest: hex(digest),
+            }],
+            content_type: content_type.into(),
+            content,
+        }
+    }
+
+    /// The SHA-256 digest this record extended, if it has one.
+    pub fn sha256_digest(&self) -> Option<[u8; 32]> {
+        let d = self.digests.iter().find(|d| d.hash_alg == "sha256")?;
+        unhex32(&d.digest)
+    }
+}
+
+/// The boot configuration document: what the launcher hands the guest that matters for trust,
+/// taken from the QEMU command line itself ([`BootConfig::from_argv`]) so it cannot drift from
+/// what QEMU is given. Canonical form ([`BootConfig::canonical_json`]): compact JSON, keys
+/// sorted (the field order below), integers and strings only (RFC 8785 for this document).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootConfig {
+    /// SHA-256 (hex) of the boot pack's components encoding (the pack without its reserved
+    /// entries, `tuk_bootpack::Pack::components_encoding`); `null` only for a launch without a
+    /// boot pack, which this launcher never does.
+    pub boot_pack_sha256: Option<String>,
+    /// The exact `-append` string.
+    pub cmdline: String,
+    /// `-cpu`.
+    pub cpu: String,
+    /// `-M`.
+    pub machine: String,
+    /// `-m`.
+    pub memory_mib: u32,
+}
+
+impl BootConfig {
+    /// Reads `-append`, `-m`, `-M` and `-cpu` out of QEMU's argv (each must be there once).
+    pub fn from_argv(
+        argv: &[OsString],
+        boot_pack_sha256: Option<String>,
+    ) -> Result<BootConfig, String> {
+        let value = |flag: &str| -> Result<String, String> {
+            let mut found = argv
+                .windows(2)
+                .filter(|w| w[0] == flag)
+                .map(|w| w[1].to_string_lossy().into_owned());
+            match (found.next(), found.next()) {
+                (Some(v), None) => Ok(v),
+                (None, _) => Err(format!("QEMU's argv has no {flag}")),
+                (Some(_), Some(_)) => Err(format!("QEMU's argv has {flag} twice")),
+            }
+        };
+        Ok(BootConfig {
+            boot_pack_sha256,
+            cmdline: value("-append")?,
+            cpu: value("-cpu")?,
+            machine: value("-M")?,
+            memory_mib: value("-m")?
+                .parse()
+                .map_err(|_| "QEMU's -m is not a number of MiB".to_owned())?,
+        })
+    }
+
+    /// The bytes PCR 5 measures.
+    pub fn canonical_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a struct of strings and integers serializes")
+    }
+}
+
+/// The launcher's two measurements and their records.
+#[derive(Clone, Debug)]
+pub struct LauncherMeasurements {
+    pub kernel_sha256: [u8; 32],
+    pub boot_config: BootConfig,
+    pub boot_config_sha256: [u8; 32],
+    /// recnum 0 (PCR 4) and 1 (PCR 5).
+    pub records: Vec<Record>,
+}
+
+impl LauncherMeasurements {
+    /// `kernel_name` and `kernel_size` describe the image in the record's content
+    /// (`{"file","size"}`); the digest is over the image's bytes.
+    pub fn new(
+        kernel_name: &str,
+        kernel_size: u64,
+        kernel_sha256: [u8; 32],
+        boot_config: BootConfig,
+    ) -> Self {
+        let boot_config_sha256 = sha256(&boot_config.canonical_json());
+        let doc = serde_json::to_value(&boot_config).expect("serializes");
+        let records = vec![
+            Record::sha256(
+                0,
+                PCR_KERNEL,
+                &kernel_sha256,
+                CONTENT_KERNEL,
+                serde_json::json!({ "file": kernel_name, "size": kernel_size }),
+            ),
+            Record::sha256(
+                1,
+                PCR_BOOT_CONFIG,
+                &boot_config_sha256,
+                CONTENT_BOOT_CONFIG,
+                doc,
+            ),
+        ];
+        LauncherMeasurements {
+            kernel_sha256,
+            boot_config,
+            boot_config_sha256,
+            records,
+        }
+    }
+
+    /// `(pcr, digest)` in extension order, for `tuk_vtpm::measured_launch`.
+    pub fn extends(&self) -> Vec<(u32, [u8; 32])> {
+        self.records
+            .iter()
+            .map(|r| (r.pcr, r.sha256_digest().expect("our records carry sha256")))
+            .collect()
+    }
+
+    /// The event log as written to [`EVENTLOG_FILE`] and the `_eventlog` pack entry: one
+    /// compact JSON array.
+    pub fn eventlog_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.records).expect("records serialize")
+    }
+}
+
+/// Replays records: PCR := SHA-256(PCR || digest) from 32 zero bytes, per PCR (SHA-256 bank).
+pub fn replay(records: &[Record]) -> BTreeMap<u32, [u8; 32]> {
+    let mut pcrs = BTreeMap::new();
+    for r in records {
+        if let Some(d) = r.sha256_digest() {
+            let pcr = pcrs.entry(r.pcr).or_insert([0u8; 32]);
+            let mut h = Sha256::new();
+            h.update(*pcr);
+            h.update(d);
+            *pcr = h.finalize().into();
+        }
+    }
+    pcrs
+}
+
+/// Checks what a verifier checks of the launcher's records without a TPM: the boot-config
+/// record's digest is the SHA-256 of its content's canonical form.
+pub fn check_boot_config_record(r: &Record) -> Result<BootConfig, String> {
+    let doc: BootConfig = serde_json::from_value(r.content.clone()).map_err(|e| e.to_string())?;
+    if r.sha256_digest() != Some(sha256(&doc.canonical_json())) {
+        return Err("digest is not the SHA-256 of the canonical document".into());
+    }
+    Ok(doc)
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qemu::{self, Accel};
+    use std::path::Path;
+
+    fn argv() -> Vec<OsString> {
+        qemu::qemu_args(
+            Path::new("/k"),
+            Accel::Tcg,
+            96,
+            "127.0.0.1:8080".parse().unwrap(),
+            &[
+                ("log".into(), "debug".into()),
+                ("time.unix_ms".into(), "1".into()),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn boot_config_comes_from_the_argv() {
+        let doc = BootConfig::from_argv(&argv(), Some("ab".repeat(32))).unwrap();
+        assert_eq!(doc.cmdline, "log=debug time.unix_ms=1");
+        assert_eq!(doc.memory_mib, 96);
+        assert_eq!(doc.machine, qemu::MACHINE);
+        assert_eq!(doc.cpu, qemu::CPU);
+        // Canonical: compact, keys sorted.
+        assert_eq!(
+            String::from_utf8(doc.canonical_json()).unwrap(),
+            format!(
+                r#"{{"boot_pack_sha256":"{}","cmdline":"log=debug time.unix_ms=1","cpu":"max","machine":"microvm,x-option-roms=off,rtc=off,acpi=off","memory_mib":96}}"#,
+                "ab".repeat(32)
+            )
+        );
+        // A verifier re-serializing the parsed object (serde_json's sorted map) gets the same bytes.
+        let v: serde_json::Value = serde_json::from_slice(&doc.canonical_json()).unwrap();
+        assert_eq!(serde_json::to_vec(&v).unwrap(), doc.canonical_json());
+        let mut twice = argv();
+        twice.extend(["-m".into(), "1".into()]);
+        assert!(BootConfig::from_argv(&twice, None).is_err());
+    }
+
+    #[test]
+    fn records_match_the_documented_format_and_replay() {
+        let doc = BootConfig::from_argv(&argv(), None).unwrap();
+        let m = LauncherMeasurements::new("tuk-kernel", 5, sha256(b"image"), doc);
+        let log: serde_json::Value = serde_json::from_slice(&m.eventlog_json()).unwrap();
+        assert_eq!(
+            log[0],
+            serde_json::json!({
+                "recnum": 0, "pcr": 4,
+                "digests": [{"hashAlg": "sha256", "digest": hex(&sha256(b"image"))}],
+                "content_type": "tuk.kernel",
+                "content": {"file": "tuk-kernel", "size": 5}
+            })
+        );
+        assert_eq!(log[1]["recnum"], 1);
+        assert_eq!(log[1]["pcr"], 5);
+        assert_eq!(log[1]["content_type"], "tuk.boot-config");
+        assert_eq!(
+            log[1]["content"]["boot_pack_sha256"],
+            serde_json::Value::Null
+        );
+        let back: Vec<Record> = serde_json::from_value(log).unwrap();
+        assert_eq!(back, m.records);
+        check_boot_config_record(&back[1]).unwrap();
+
+        let pcrs = replay(&back);
+        let extend = |d: [u8; 32]| {
+            let mut buf = [0u8; 64];
+            buf[32..].copy_from_slice(&d);
+            sha256(&buf)
+        };
+        assert_eq!(pcrs[&4], extend(sha256(b"image")));
+        assert_eq!(pcrs[&5], extend(m.boot_config_sha256));
+        assert_eq!(
+            m.extends(),
+            [(4, m.kernel_sha256), (5, m.boot_config_sha256)]
+        );
+
+        let mut forged = back[1].clone();
+        forged.content["memory_mib"] = 4096.into();
+        assert!(check_boot_config_record(&forged).is_err());
+    }
+}
