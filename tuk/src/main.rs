@@ -201,7 +201,7 @@ fn deployment(args: &RunArgs, state_dir: &std::path::Path) -> Result<Option<Path
     std::fs::write(&path, &pack).with_context(|| format!("cannot write {}", path.display()))?;
     for p in &packed {
         eprintln!(
-            "tuk: component {:<12} {}  code sha256:{} ({} bytes)",
+            "tuk: component {:<12} {}  packed sha256:{} ({} bytes)",
             p.name,
             p.source.path.display(),
             p.code.sha256,
