@@ -119,6 +119,7 @@ impl Deployer {
     ) -> Result<String, Refusal> {
         let (mut limits, config) =
             crate::wasm::deployment_from_meta(meta.iter().copied()).map_err(|e| refuse(400, e))?;
+        let t0 = crate::arch::now_us();
         let (code, mut content) = match &self.mode {
             Mode::Broken(e) => return Err(refuse(503, e.clone())),
             Mode::Unsigned if runtime_publish => {
@@ -174,6 +175,7 @@ impl Deployer {
                 Value::from(if runtime_publish { "runtime" } else { "boot" }),
             );
         }
+        let t_verified = crate::arch::now_us();
         let canonical = serde_json::to_vec(&content).map_err(|e| refuse(500, format!("{e}")))?;
         let event_digest = sha256(&canonical);
         self.measurements
@@ -184,15 +186,25 @@ impl Deployer {
                 content.clone(),
             )
             .map_err(|e| refuse(503, format!("cannot measure the component: {e}")))?;
+        let t_measured = crate::arch::now_us();
         let d = self
             .runtime
             .deploy(name, code, limits, config)
             .map_err(|e| refuse(422, format!("{e}")))?;
+        let t_loaded = crate::arch::now_us();
         let summary = format!(
             "{} ({} bytes of code, sha256 {})",
             d.name,
             d.code_bytes,
             hex(&code_digest)
+        );
+        // One line per deployment with the cost of each step (scripts/bench reads it).
+        log::info!(
+            "deploy-timing name={name} bytes={} verify_hash_us={} extend_us={} load_us={}",
+            data.len(),
+            t_verified - t0,
+            t_measured - t_verified,
+            t_loaded - t_measured
         );
         if let Some(v) = content
             .get("version")
