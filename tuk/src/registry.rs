@@ -18,8 +18,13 @@ pub struct PublishArgs {
     #[arg(value_name = "BUNDLE")]
     bundle: PathBuf,
     /// Where to push it: [oci://]HOST[:PORT]/REPOSITORY:TAG, e.g. 127.0.0.1:5000/tuk/hello:1.0.0.
-    #[arg(value_name = "REF")]
-    reference: String,
+    #[arg(value_name = "REF", required_unless_present = "to")]
+    reference: Option<String>,
+    /// Publish straight to a running host-kernel instead (or as well): its URL, e.g.
+    /// http://127.0.0.1:8080. The kernel verifies, measures and deploys the bundle, or refuses
+    /// it with a reason.
+    #[arg(long, value_name = "URL")]
+    to: Option<String>,
     /// Use http even though the registry is not on loopback.
     #[arg(long)]
     insecure: bool,
@@ -42,6 +47,12 @@ pub struct PullArgs {
 #[derive(Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 enum Event<'a> {
+    PublishedToInstance {
+        url: &'a str,
+        name: &'a str,
+        status: u16,
+        response: &'a str,
+    },
     Published {
         reference: String,
         digest: &'a str,
@@ -71,12 +82,18 @@ fn emit(event: &Event<'_>) -> Result<()> {
 }
 
 pub fn publish(args: PublishArgs) -> Result<ExitCode> {
-    let reference = Reference::parse(&args.reference)?;
     let bytes = read_bundle(&args.bundle)?;
     let sections = bundle::decode(&bytes)
         .with_context(|| format!("{} is not a valid bundle", args.bundle.display()))?;
     let statement = Statement::from_envelope(sections.envelope)
         .with_context(|| format!("{}: bad envelope", args.bundle.display()))?;
+    if let Some(url) = &args.to {
+        publish_to_instance(url, &statement.name, &bytes)?;
+    }
+    let Some(reference) = &args.reference else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let reference = Reference::parse(reference)?;
     let opts = PublishOptions {
         name: statement.name.clone(),
         version: statement.version.clone(),
@@ -114,6 +131,30 @@ pub fn publish(args: PublishArgs) -> Result<ExitCode> {
         ms,
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `PUT <url>/_tuk/components/<name>` with the bundle: the kernel's runtime publishing.
+fn publish_to_instance(url: &str, name: &str, bundle: &[u8]) -> Result<()> {
+    let endpoint = format!("{}/_tuk/components/{name}", url.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .into();
+    let mut response = agent
+        .put(&endpoint)
+        .header("Content-Type", "application/vnd.tuk.bundle")
+        .send(bundle)
+        .with_context(|| format!("cannot reach {endpoint}: is the instance running (tuk run)?"))?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    anyhow::ensure!(
+        (200..300).contains(&status),
+        "{endpoint} refused the bundle ({status}): {}",
+        body.trim()
+    );
+    eprintln!("tuk: published {name} to {endpoint}");
+    emit(&Event::PublishedToInstance { url: &endpoint, name, status, response: body.trim() })
 }
 
 pub fn pull(args: PullArgs) -> Result<ExitCode> {
