@@ -154,7 +154,12 @@ fn publish_to_instance(url: &str, name: &str, bundle: &[u8]) -> Result<()> {
         body.trim()
     );
     eprintln!("tuk: published {name} to {endpoint}");
-    emit(&Event::PublishedToInstance { url: &endpoint, name, status, response: body.trim() })
+    emit(&Event::PublishedToInstance {
+        url: &endpoint,
+        name,
+        status,
+        response: body.trim(),
+    })
 }
 
 pub fn pull(args: PullArgs) -> Result<ExitCode> {
