@@ -3,14 +3,13 @@
 //! (recnum 0 and 1). The records go to `<state_dir>/eventlog.launcher.json` and, as the boot
 //! pack's reserved `_eventlog` entry, to the kernel.
 //!
-//! [`Record`] is defined here, matching docs/measurement.md field for field; it is meant to be
-//! replaced by `tuk-measure`'s `eventlog::Record` once that exists (same JSON).
+//! Records, digests and replay are `tuk-measure`'s: the same implementation the kernel and the
+//! verifier use.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 /// The event log the launcher writes into the state directory.
 pub const EVENTLOG_FILE: &str = "eventlog.launcher.json";
@@ -21,50 +20,8 @@ pub const PCR_BOOT_CONFIG: u32 = 5;
 pub const CONTENT_KERNEL: &str = "tuk.kernel";
 pub const CONTENT_BOOT_CONFIG: &str = "tuk.boot-config";
 
-/// One CEL-JSON record: `{"recnum","pcr","digests":[{"hashAlg","digest"}],"content_type","content"}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    pub recnum: u64,
-    pub pcr: u32,
-    pub digests: Vec<EventDigest>,
-    pub content_type: String,
-    pub content: serde_json::Value,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventDigest {
-    #[serde(rename = "hashAlg")]
-    pub hash_alg: String,
-    /// Lower-case hex.
-    pub digest: String,
-}
-
-impl Record {
-    fn sha256(
-        recnum: u64,
-        pcr: u32,
-        digest: &[u8; 32],
-        content_type: &str,
-        content: serde_json::Value,
-    ) -> Self {
-        Record {
-            recnum,
-            pcr,
-            digests: vec![EventDigest {
-                hash_alg: "sha256".into(),
-                digest: hex(digest),
-            }],
-            content_type: content_type.into(),
-            content,
-        }
-    }
-
-    /// The SHA-256 digest this record extended, if it has one.
-    pub fn sha256_digest(&self) -> Option<[u8; 32]> {
-        let d = self.digests.iter().find(|d| d.hash_alg == "sha256")?;
-        unhex32(&d.digest)
-    }
-}
+pub use tuk_measure::eventlog::Record;
+pub use tuk_measure::{hex, sha256};
 
 /// The boot configuration document: what the launcher hands the guest that matters for trust,
 /// taken from the QEMU command line itself ([`BootConfig::from_argv`]) so it cannot drift from
@@ -142,14 +99,14 @@ impl LauncherMeasurements {
         let boot_config_sha256 = sha256(&boot_config.canonical_json());
         let doc = serde_json::to_value(&boot_config).expect("serializes");
         let records = vec![
-            Record::sha256(
+            Record::new(
                 0,
                 PCR_KERNEL,
                 &kernel_sha256,
                 CONTENT_KERNEL,
                 serde_json::json!({ "file": kernel_name, "size": kernel_size }),
             ),
-            Record::sha256(
+            Record::new(
                 1,
                 PCR_BOOT_CONFIG,
                 &boot_config_sha256,
@@ -169,7 +126,7 @@ impl LauncherMeasurements {
     pub fn extends(&self) -> Vec<(u32, [u8; 32])> {
         self.records
             .iter()
-            .map(|r| (r.pcr, r.sha256_digest().expect("our records carry sha256")))
+            .map(|r| (r.pcr, r.sha256().expect("our records carry sha256")))
             .collect()
     }
 
@@ -181,47 +138,19 @@ impl LauncherMeasurements {
 }
 
 /// Replays records: PCR := SHA-256(PCR || digest) from 32 zero bytes, per PCR (SHA-256 bank).
+/// The launcher's own records always replay; a malformed log replays to nothing.
 pub fn replay(records: &[Record]) -> BTreeMap<u32, [u8; 32]> {
-    let mut pcrs = BTreeMap::new();
-    for r in records {
-        if let Some(d) = r.sha256_digest() {
-            let pcr = pcrs.entry(r.pcr).or_insert([0u8; 32]);
-            let mut h = Sha256::new();
-            h.update(*pcr);
-            h.update(d);
-            *pcr = h.finalize().into();
-        }
-    }
-    pcrs
+    tuk_measure::eventlog::replay(records).unwrap_or_default()
 }
 
 /// Checks what a verifier checks of the launcher's records without a TPM: the boot-config
 /// record's digest is the SHA-256 of its content's canonical form.
 pub fn check_boot_config_record(r: &Record) -> Result<BootConfig, String> {
     let doc: BootConfig = serde_json::from_value(r.content.clone()).map_err(|e| e.to_string())?;
-    if r.sha256_digest() != Some(sha256(&doc.canonical_json())) {
+    if r.sha256().ok() != Some(sha256(&doc.canonical_json())) {
         return Err("digest is not the SHA-256 of the canonical document".into());
     }
     Ok(doc)
-}
-
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]
