@@ -387,69 +387,40 @@ pub fn pcrs_after_shutdown(
     vm: &Instance,
     pcrs: &[u32],
 ) -> std::collections::BTreeMap<u32, [u8; 32]> {
-    use tuk_vtpm::{Endpoint, StartupType, Swtpm, SwtpmConfig, Tools, SWTPM_TIMEOUT};
-    let tools = Tools::find().expect("swtpm installed");
-    let paths = &vm.measured_boot().vtpm;
-    for _ in 0..20 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        if port == u16::MAX || std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_err() {
-            continue;
-        }
-        drop(l);
-        let mut swtpm = Swtpm::spawn(
-            &tools,
-            paths,
-            SwtpmConfig {
-                phase: "inspection after the VM",
-                ctrl: Endpoint::Tcp(([127, 0, 0, 1], port + 1).into()),
-                server: Some(Endpoint::Tcp(([127, 0, 0, 1], port).into())),
-                terminate: false,
-                not_need_init: false,
-            },
+    let tools = tuk_vtpm::Tools::find().expect("swtpm installed");
+    let (mut swtpm, port) = tuk_vtpm::spawn_for_inspection(
+        &tools,
+        &vm.measured_boot().vtpm,
+        tuk_vtpm::StartupType::State,
+    )
+    .expect("resume the state the kernel saved");
+    let list = pcrs
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = std::env::temp_dir().join(format!("tuk-e2e-pcrs-{}-{port}.bin", std::process::id()));
+    let run = std::process::Command::new("tpm2_pcrread")
+        .arg(format!("sha256:{list}"))
+        .arg("-o")
+        .arg(&out)
+        .env(
+            "TPM2TOOLS_TCTI",
+            format!("swtpm:host=127.0.0.1,port={port}"),
         )
-        .unwrap();
-        let Ok(mut ctrl) = swtpm.ctrl(SWTPM_TIMEOUT) else {
-            continue; // lost the port race
-        };
-        ctrl.init().unwrap();
-        let mut tpm = swtpm.tpm(SWTPM_TIMEOUT).unwrap();
-        tpm.startup(StartupType::State)
-            .expect("resume the state the kernel saved");
-        // swtpm serves one connection per channel: tpm2-tools needs both.
-        drop(tpm);
-        drop(ctrl);
-        let list = pcrs
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let out =
-            std::env::temp_dir().join(format!("tuk-e2e-pcrs-{}-{port}.bin", std::process::id()));
-        let run = std::process::Command::new("tpm2_pcrread")
-            .arg(format!("sha256:{list}"))
-            .arg("-o")
-            .arg(&out)
-            .env(
-                "TPM2TOOLS_TCTI",
-                format!("swtpm:host=127.0.0.1,port={port}"),
-            )
-            .output()
-            .expect("tpm2_pcrread runs (apt-get install tpm2-tools)");
-        assert!(
-            run.status.success(),
-            "tpm2_pcrread: {}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        let bytes = std::fs::read(&out).unwrap();
-        let _ = std::fs::remove_file(&out);
-        assert_eq!(bytes.len(), 32 * pcrs.len());
-        swtpm.kill();
-        return pcrs
-            .iter()
-            .zip(bytes.chunks(32))
-            .map(|(p, v)| (*p, v.try_into().unwrap()))
-            .collect();
-    }
-    panic!("no free port pair for swtpm");
+        .output()
+        .expect("tpm2_pcrread runs (apt-get install tpm2-tools)");
+    swtpm.kill();
+    assert!(
+        run.status.success(),
+        "tpm2_pcrread: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let bytes = std::fs::read(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(bytes.len(), 32 * pcrs.len());
+    pcrs.iter()
+        .zip(bytes.chunks(32))
+        .map(|(p, v)| (*p, v.try_into().unwrap()))
+        .collect()
 }

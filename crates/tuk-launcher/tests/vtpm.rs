@@ -13,16 +13,13 @@
 //!   the CA's root and issuer certificates.
 //! - `second_launch_reuses_the_state`: no re-manufacturing, the same EK, PCRs from the new boot.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use tuk_launcher::measured::{self, BootConfig, LauncherMeasurements};
 use tuk_launcher::qemu::{self, Accel};
-use tuk_vtpm::{
-    Endpoint, Manufactured, StartupType, Swtpm, SwtpmConfig, Tools, VtpmPaths, SWTPM_TIMEOUT,
-};
+use tuk_vtpm::{Manufactured, StartupType, Swtpm, Tools, VtpmPaths, SWTPM_TIMEOUT};
 
 fn test_root() -> PathBuf {
     std::env::temp_dir().join("tuk-vtpm-tests")
@@ -87,38 +84,10 @@ fn launch(state: &Path, m: &LauncherMeasurements) -> (Tools, VtpmPaths, Manufact
     (tools, paths, made)
 }
 
-/// A swtpm on the same state with TCP channels (so `tpm2-tools` can reach it), powered on the
-/// way QEMU does it (CMD_INIT), then the guest's TPM2_Startup of `kind`. Returns it and its
-/// command port (the control port is the next one, as the `swtpm` TCTI expects).
+/// A swtpm on the same state, powered on and started as a guest would (see
+/// `tuk_vtpm::spawn_for_inspection`). Returns it and its command port.
 fn guest(tools: &Tools, paths: &VtpmPaths, kind: StartupType) -> (Swtpm, u16) {
-    for _ in 0..20 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        if port == u16::MAX || TcpListener::bind(("127.0.0.1", port + 1)).is_err() {
-            continue;
-        }
-        drop(l);
-        let mut swtpm = Swtpm::spawn(
-            tools,
-            paths,
-            SwtpmConfig {
-                phase: "test guest",
-                ctrl: Endpoint::Tcp(([127, 0, 0, 1], port + 1).into()),
-                server: Some(Endpoint::Tcp(([127, 0, 0, 1], port).into())),
-                terminate: false,
-                not_need_init: false,
-            },
-        )
-        .unwrap();
-        let Ok(mut ctrl) = swtpm.ctrl(SWTPM_TIMEOUT) else {
-            continue; // lost the port race
-        };
-        ctrl.init().unwrap();
-        let mut tpm = swtpm.tpm(SWTPM_TIMEOUT).unwrap();
-        tpm.startup(kind).unwrap();
-        return (swtpm, port);
-    }
-    panic!("no free port pair for swtpm");
+    tuk_vtpm::spawn_for_inspection(tools, paths, kind).unwrap()
 }
 
 /// PCR 4 and 5 (SHA-256 bank) through `tpm2_pcrread` and the swtpm TCTI.

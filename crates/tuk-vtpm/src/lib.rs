@@ -841,6 +841,64 @@ pub fn spawn_for_qemu(tools: &Tools, paths: &VtpmPaths) -> Result<Swtpm, VtpmErr
     Ok(swtpm)
 }
 
+/// A swtpm on `paths`' state with TCP channels on loopback (control = command port + 1, as the
+/// tpm2-tools `swtpm` TCTI expects), powered on like QEMU does (CMD_INIT) and started like a
+/// guest does (`TPM2_Startup(kind)`); both connections are closed again (swtpm serves one
+/// client per channel) so an independent client such as `tpm2_pcrread` can use them. For
+/// inspecting a vTPM after its VM ended. Returns the swtpm and its command port.
+pub fn spawn_for_inspection(
+    tools: &Tools,
+    paths: &VtpmPaths,
+    kind: StartupType,
+) -> Result<(Swtpm, u16), VtpmError> {
+    let mut last = None;
+    for _ in 0..20 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| VtpmError::Ctrl {
+            phase: "inspection",
+            what: format!("no free port: {e}"),
+        })?;
+        let port = probe.local_addr().map(|a| a.port()).unwrap_or(0);
+        if port == 0
+            || port == u16::MAX
+            || std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_err()
+        {
+            continue;
+        }
+        drop(probe);
+        let mut swtpm = Swtpm::spawn(
+            tools,
+            paths,
+            SwtpmConfig {
+                phase: "inspection",
+                ctrl: Endpoint::Tcp(([127, 0, 0, 1], port + 1).into()),
+                server: Some(Endpoint::Tcp(([127, 0, 0, 1], port).into())),
+                terminate: false,
+                not_need_init: false,
+            },
+        )?;
+        let mut ctrl = match swtpm.ctrl(SWTPM_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                last = Some(e); // lost the port race: try another pair
+                continue;
+            }
+        };
+        ctrl.init()?;
+        let mut tpm = swtpm.tpm(SWTPM_TIMEOUT)?;
+        tpm.startup(kind).map_err(|cause| VtpmError::Tpm {
+            command: "TPM2_Startup",
+            cause,
+        })?;
+        drop(tpm);
+        drop(ctrl);
+        return Ok((swtpm, port));
+    }
+    Err(last.unwrap_or(VtpmError::Ctrl {
+        phase: "inspection",
+        what: "no free port pair".into(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
