@@ -394,33 +394,7 @@ pub fn pcrs_after_shutdown(
         tuk_vtpm::StartupType::State,
     )
     .expect("resume the state the kernel saved");
-    let list = pcrs
-        .iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let out = std::env::temp_dir().join(format!("tuk-e2e-pcrs-{}-{port}.bin", std::process::id()));
-    let run = std::process::Command::new("tpm2_pcrread")
-        .arg(format!("sha256:{list}"))
-        .arg("-o")
-        .arg(&out)
-        .env(
-            "TPM2TOOLS_TCTI",
-            format!("swtpm:host=127.0.0.1,port={port}"),
-        )
-        .output()
-        .expect("tpm2_pcrread runs (apt-get install tpm2-tools)");
+    let values = tuk_vtpm::tpm2_pcrread(port, pcrs);
     swtpm.kill();
-    assert!(
-        run.status.success(),
-        "tpm2_pcrread: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let bytes = std::fs::read(&out).unwrap();
-    let _ = std::fs::remove_file(&out);
-    assert_eq!(bytes.len(), 32 * pcrs.len());
-    pcrs.iter()
-        .zip(bytes.chunks(32))
-        .map(|(p, v)| (*p, v.try_into().unwrap()))
-        .collect()
+    values.expect("tpm2_pcrread reads the PCRs")
 }

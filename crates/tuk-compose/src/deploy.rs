@@ -74,6 +74,21 @@ pub fn parse_component_arg(arg: &str) -> Result<Deployment, DeployError> {
     })
 }
 
+/// The deployment called `name`, which `arg` (for the error message) refers to.
+fn named<'a>(
+    deployments: &'a mut [Deployment],
+    arg: &str,
+    name: &str,
+) -> Result<&'a mut Deployment, DeployError> {
+    deployments
+        .iter_mut()
+        .find(|d| d.name == name)
+        .ok_or_else(|| DeployError::UnknownComponent {
+            arg: arg.into(),
+            name: name.into(),
+        })
+}
+
 /// Applies `NAME.KEY=VALUE` to the deployment `NAME` as metadata `prefix` + `KEY` = `VALUE`.
 pub fn apply_setting(
     deployments: &mut [Deployment],
@@ -86,14 +101,9 @@ pub fn apply_setting(
     if key.is_empty() {
         return Err(syntax());
     }
-    let d = deployments
-        .iter_mut()
-        .find(|d| d.name == name)
-        .ok_or_else(|| DeployError::UnknownComponent {
-            arg: arg.into(),
-            name: name.into(),
-        })?;
-    d.meta.push((format!("{prefix}{key}"), value.into()));
+    named(deployments, arg, name)?
+        .meta
+        .push((format!("{prefix}{key}"), value.into()));
     Ok(())
 }
 
@@ -107,14 +117,9 @@ pub fn apply_value(
     let syntax = || DeployError::SettingSyntax { arg: arg.into() };
     let (name, value) = arg.split_once('=').ok_or_else(syntax)?;
     let value = convert(value).ok_or_else(syntax)?;
-    let d = deployments
-        .iter_mut()
-        .find(|d| d.name == name)
-        .ok_or_else(|| DeployError::UnknownComponent {
-            arg: arg.into(),
-            name: name.into(),
-        })?;
-    d.meta.push((key.into(), value));
+    named(deployments, arg, name)?
+        .meta
+        .push((key.into(), value));
     Ok(())
 }
 

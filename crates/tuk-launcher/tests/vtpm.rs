@@ -92,28 +92,8 @@ fn guest(tools: &Tools, paths: &VtpmPaths, kind: StartupType) -> (Swtpm, u16) {
 
 /// PCR 4 and 5 (SHA-256 bank) through `tpm2_pcrread` and the swtpm TCTI.
 fn pcrread(port: u16) -> [[u8; 32]; 2] {
-    let out = std::env::temp_dir().join(format!("tuk-pcrs-{}-{port}.bin", std::process::id()));
-    let run = Command::new("tpm2_pcrread")
-        .args(["sha256:4,5", "-o"])
-        .arg(&out)
-        .env(
-            "TPM2TOOLS_TCTI",
-            format!("swtpm:host=127.0.0.1,port={port}"),
-        )
-        .output()
-        .expect("tpm2_pcrread runs (apt-get install tpm2-tools)");
-    assert!(
-        run.status.success(),
-        "tpm2_pcrread failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let bytes = std::fs::read(&out).unwrap();
-    let _ = std::fs::remove_file(&out);
-    assert_eq!(bytes.len(), 64, "two SHA-256 PCR values");
-    [
-        bytes[..32].try_into().unwrap(),
-        bytes[32..].try_into().unwrap(),
-    ]
+    let pcrs = tuk_vtpm::tpm2_pcrread(port, &[4, 5]).unwrap();
+    [pcrs[&4], pcrs[&5]]
 }
 
 #[test]

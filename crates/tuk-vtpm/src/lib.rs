@@ -23,6 +23,7 @@
 //! directory's path is too long for a Unix socket).
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -897,6 +898,50 @@ pub fn spawn_for_inspection(
         phase: "inspection",
         what: "no free port pair".into(),
     }))
+}
+
+/// Reads SHA-256 `pcrs` with `tpm2_pcrread` (tpm2-tools: an implementation independent of
+/// tuk's) from a swtpm started by [`spawn_for_inspection`] on command port `port`.
+pub fn tpm2_pcrread(port: u16, pcrs: &[u32]) -> Result<BTreeMap<u32, [u8; 32]>, VtpmError> {
+    let tool_error = |what: String| VtpmError::Ctrl {
+        phase: "tpm2_pcrread",
+        what,
+    };
+    let list = pcrs
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = std::env::temp_dir().join(format!("tuk-pcrs-{}-{port}.bin", std::process::id()));
+    let run = Command::new("tpm2_pcrread")
+        .arg(format!("sha256:{list}"))
+        .arg("-o")
+        .arg(&out)
+        .env(
+            "TPM2TOOLS_TCTI",
+            format!("swtpm:host=127.0.0.1,port={port}"),
+        )
+        .output()
+        .map_err(|e| tool_error(format!("cannot run it ({e}): apt-get install tpm2-tools")))?;
+    if !run.status.success() {
+        return Err(tool_error(
+            String::from_utf8_lossy(&run.stderr).trim().to_string(),
+        ));
+    }
+    let bytes = fs::read(&out).map_err(|e| tool_error(format!("no output: {e}")))?;
+    let _ = fs::remove_file(&out);
+    if bytes.len() != 32 * pcrs.len() {
+        return Err(tool_error(format!(
+            "{} bytes for {} PCRs",
+            bytes.len(),
+            pcrs.len()
+        )));
+    }
+    Ok(pcrs
+        .iter()
+        .zip(bytes.chunks(32))
+        .map(|(p, v)| (*p, v.try_into().expect("32-byte chunk")))
+        .collect())
 }
 
 #[cfg(test)]
