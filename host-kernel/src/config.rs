@@ -27,6 +27,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Unix time (ms) when the launcher started the VM: the wall clock's origin.
     pub unix_time_ms: Option<u64>,
+    /// Run-time re-measurement (`integrity.interval_ms`, `integrity.policy`).
+    pub integrity: crate::integrity::Settings,
 }
 
 impl Default for Config {
@@ -41,6 +43,7 @@ impl Default for Config {
             listeners: 64,
             max_connections: 256,
             unix_time_ms: None,
+            integrity: crate::integrity::Settings::default(),
         }
     }
 }
@@ -108,6 +111,12 @@ impl Config {
                     .ok()
                     .filter(|n| (1..=4096).contains(n))
                     .map(|n| c.max_connections = n)
+                    .is_some(),
+                "integrity.interval_ms" => {
+                    value.parse().map(|v| c.integrity.interval_ms = v).is_ok()
+                }
+                "integrity.policy" => crate::integrity::Policy::parse(value)
+                    .map(|p| c.integrity.policy = p)
                     .is_some(),
                 "time.unix_ms" => value.parse().map(|v| c.unix_time_ms = Some(v)).is_ok(),
                 // Added by QEMU's microvm; consumed by the virtio driver.

@@ -120,6 +120,7 @@ impl Deployer {
         let (mut limits, config) =
             crate::wasm::deployment_from_meta(meta.iter().copied()).map_err(|e| refuse(400, e))?;
         let t0 = crate::arch::now_us();
+        let mut invariants = tuk_invariants::Invariants::default();
         let (code, mut content) = match &self.mode {
             Mode::Broken(e) => return Err(refuse(503, e.clone())),
             Mode::Unsigned if runtime_publish => {
@@ -151,6 +152,10 @@ impl Deployer {
                     memory_bytes: usize::try_from(v.limits.memory_bytes).unwrap_or(usize::MAX),
                     deadline_ms: v.limits.deadline_ms,
                 };
+                // The run-time invariants come from the signed .wasm, before anything runs.
+                invariants = tuk_invariants::derive(bundle.wasm).map_err(|e| {
+                    refuse(422, format!("cannot derive the component's invariants: {e}"))
+                })?;
                 let content = json!({
                     "signed": true,
                     "version": v.version.to_string(),
@@ -189,7 +194,7 @@ impl Deployer {
         let t_measured = crate::arch::now_us();
         let d = self
             .runtime
-            .deploy(name, code, limits, config)
+            .deploy(name, code, invariants, limits, config)
             .map_err(|e| refuse(422, format!("{e}")))?;
         let t_loaded = crate::arch::now_us();
         let summary = format!(

@@ -25,6 +25,7 @@ mod config;
 mod deploy;
 #[allow(unsafe_code)]
 mod drivers;
+mod integrity;
 mod logger;
 mod measured;
 #[allow(unsafe_code)]
@@ -190,6 +191,12 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
     );
     server.replenish(&mut stack.sockets);
     let boot_us = arch::now_us();
+    let monitor = integrity::Monitor::new(config.integrity, arch::now_us());
+    log::info!(
+        "integrity: re-measuring every {} ms (policy {})",
+        config.integrity.interval_ms,
+        config.integrity.policy.name()
+    );
     let mut router = Router::new(
         BootFacts {
             boot_us,
@@ -197,6 +204,7 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
             wx,
         },
         deployer,
+        monitor,
     );
     logger::console_line(format_args!(
         "tuk: ready listen={}:{} guest_boot_us={boot_us}",
@@ -232,6 +240,8 @@ fn run(stack: &mut Stack, server: &mut HttpServer, router: &mut Router) -> ! {
             }
         }
 
+        router.integrity_tick(arch::now_us());
+
         let now = arch::now_us();
         if let Some(started) = shutdown_at {
             if server.is_drained(&stack.sockets) || now - started > SHUTDOWN_DRAIN_US {
@@ -247,6 +257,9 @@ fn run(stack: &mut Stack, server: &mut HttpServer, router: &mut Router) -> ! {
         }
         if let Some(deadline_ms) = server.next_deadline() {
             sleep = sleep.min((deadline_ms * 1000).saturating_sub(now));
+        }
+        if let Some(due) = router.next_integrity_due_us() {
+            sleep = sleep.min(due.saturating_sub(now));
         }
         if shutdown_at.is_some() {
             sleep = sleep.min(10_000);

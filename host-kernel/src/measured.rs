@@ -20,6 +20,8 @@ use crate::drivers::tpm_crb::Crb;
 
 pub const PCR_POLICY: u32 = 8;
 pub const PCR_COMPONENTS: u32 = 9;
+/// Run-time integrity events: violations found by re-measurement and the responses to them.
+pub const PCR_INTEGRITY: u32 = 10;
 
 /// How the TPM came up.
 #[derive(Clone, Debug)]

@@ -9,6 +9,7 @@ use tuk_http::{Handler, Request, Response};
 
 use crate::arch::{interrupt_count, random_source, tsc_khz, WxAudit};
 use crate::deploy::Deployer;
+use crate::integrity::Monitor;
 use crate::mem::heap_stats;
 use crate::net::stats::{self, get};
 
@@ -24,6 +25,7 @@ pub struct BootFacts {
 pub struct Router {
     facts: BootFacts,
     deployer: Deployer,
+    monitor: Monitor,
 }
 
 /// Appends `s` as a JSON string literal.
@@ -43,8 +45,95 @@ fn json_str(out: &mut String, s: &str) {
 }
 
 impl Router {
-    pub fn new(facts: BootFacts, deployer: Deployer) -> Self {
-        Router { facts, deployer }
+    pub fn new(facts: BootFacts, deployer: Deployer, monitor: Monitor) -> Self {
+        Router {
+            facts,
+            deployer,
+            monitor,
+        }
+    }
+
+    /// Runs an integrity round if one is due (called from the event loop).
+    pub fn integrity_tick(&mut self, now_us: u64) {
+        self.monitor.tick(&mut self.deployer, now_us);
+    }
+
+    /// When the next integrity round is due, in microseconds of uptime.
+    pub fn next_integrity_due_us(&self) -> Option<u64> {
+        self.monitor.next_due_us()
+    }
+
+    /// `GET /_tuk/status`: the integrity monitor's view of the kernel and every instance
+    /// (docs/contracts.md). Addresses are the guest's (identity-mapped: physical = virtual).
+    fn status(&self) -> Response {
+        use serde_json::json;
+        use tuk_measure::hex;
+        let m = &self.monitor;
+        let text = crate::arch::kernel_text();
+        let rodata = crate::arch::kernel_rodata();
+        let instances: alloc::vec::Vec<_> = self
+            .deployer
+            .runtime
+            .components()
+            .map(|d| {
+                let r = &d.integrity;
+                let inv = &d.invariants;
+                json!({
+                    "name": d.name,
+                    "state": r.state(),
+                    "reason": r.untrusted_reason(),
+                    "checks": r.checks,
+                    "violations": r.violations,
+                    "reinstantiations": r.reinstantiations,
+                    "last_check_ms": r.last_check_ms,
+                    "last_violation": r.last_violation,
+                    "code": {
+                        "addr": d.image.addr,
+                        "len": d.image.len,
+                        "sha256": hex(&d.image.sha256),
+                        "matches_artifact": d.image.matches_artifact,
+                    },
+                    "memory": d.memory().map(|(base, bytes)| json!({
+                        "base": base,
+                        "bytes": bytes,
+                        "limit_bytes": d.limits.memory_bytes as u64,
+                        "declared_min_bytes": inv.memory.as_ref().map(|m| m.min_bytes),
+                        "declared_max_bytes": inv.memory.as_ref().and_then(|m| m.max_bytes),
+                    })),
+                    "tables": inv.tables.iter().map(|t| json!({"module": t.module, "index": t.index, "min": t.min, "max": t.max})).collect::<alloc::vec::Vec<_>>(),
+                    "immutable": inv.immutable.iter().map(|r| json!({"name": r.name, "offset": r.offset, "len": r.len, "sha256": hex(&r.sha256)})).collect::<alloc::vec::Vec<_>>(),
+                    "stack": inv.stack.as_ref().map(|s| json!({"global": s.global, "initial": s.initial, "low": s.low})),
+                    "notes": inv.notes,
+                })
+            })
+            .collect();
+        let body = json!({
+            "interval_ms": m.settings.interval_ms,
+            "policy": m.settings.policy.name(),
+            "rounds": m.stats.rounds,
+            "last_round_us": m.stats.last_us,
+            "max_round_us": m.stats.max_us,
+            "total_round_us": m.stats.total_us,
+            "last_round_bytes": m.stats.last_bytes,
+            "hash_rates": {
+                "sha256_mb_s": m.hash_rates.sha256_mb_s,
+                "fingerprint_mb_s": m.hash_rates.fingerprint_mb_s,
+            },
+            "kernel": {
+                "state": m.kernel.state(),
+                "reason": m.kernel.untrusted_reason(),
+                "checks": m.kernel.checks,
+                "violations": m.kernel.violations,
+                "last_check_ms": m.kernel.last_check_ms,
+                "text": {"addr": text.as_ptr() as u64, "len": text.len(), "sha256": hex(m.kernel_text_sha256())},
+                "rodata": {"addr": rodata.as_ptr() as u64, "len": rodata.len(), "sha256": hex(m.kernel_rodata_sha256())},
+            },
+            "instances": instances,
+        });
+        Response::json(
+            200,
+            serde_json::to_string(&body).unwrap_or_else(|_| String::from("{}")),
+        )
     }
 
     /// Clean shutdown: the TPM saves its state (see `Measurements::shutdown`).
@@ -66,7 +155,13 @@ impl Router {
                     ",\"state\":\"{}\",\"code_bytes\":{},\"memory_limit_bytes\":{},\"deadline_ms\":{},",
                     "\"requests\":{},\"traps\":{},\"deadline_exceeded\":{},\"instantiations\":{}"
                 ),
-                if d.broken.is_some() { "unavailable" } else { "serving" },
+                if d.broken.is_some() {
+                    "unavailable"
+                } else if d.integrity.untrusted_reason().is_some() {
+                    "untrusted"
+                } else {
+                    "serving"
+                },
                 d.code_bytes,
                 d.limits.memory_bytes,
                 d.limits.deadline_ms,
@@ -97,6 +192,7 @@ impl Router {
                 "\"uptime_ms\":{},\"boot_us\":{},\"clock\":\"tsc\",\"tsc_khz\":{},",
                 "\"interrupts\":{},\"random\":\"{}\",\"components\":{},",
                 "\"tpm\":\"{}\",\"eventlog_records\":{},\"trust\":\"{}\",",
+                "\"integrity\":{{\"kernel\":\"{}\",\"interval_ms\":{},\"policy\":\"{}\",\"rounds\":{}}},",
                 "\"memory\":{{\"total_bytes\":{},\"heap_bytes\":{},\"heap_used_bytes\":{}}},",
                 "\"paging\":{{\"mapped_pages\":{},\"executable_pages\":{},\"writable_executable_pages\":{}}},",
                 "\"http\":{{\"connections_accepted\":{},\"connections_active\":{},",
@@ -113,6 +209,10 @@ impl Router {
             self.deployer.measurements.state_name(),
             self.deployer.measurements.record_count(),
             self.deployer.mode_name(),
+            self.monitor.kernel.state(),
+            self.monitor.settings.interval_ms,
+            self.monitor.settings.policy.name(),
+            self.monitor.stats.rounds,
             self.facts.memory_total_bytes,
             heap.claimed_bytes,
             heap.allocated_bytes,
@@ -180,6 +280,11 @@ impl Router {
                 self.publish(req, name)
             }
             "eventlog" => Response::json(200, self.deployer.measurements.log_json()),
+            "status" => match req.method.as_str() {
+                "GET" | "HEAD" => self.status(),
+                _ => Response::error(405, "use GET for /_tuk/status")
+                    .with_header("Allow", "GET, HEAD"),
+            },
             _ => Response::error(
                 404,
                 "unknown kernel endpoint; try GET /_tuk/health or /_tuk/components",

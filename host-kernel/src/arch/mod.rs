@@ -14,7 +14,10 @@ pub use self::x86_64::{
         random_source, random_u64, ExitCode,
     },
     init_early, init_interrupts, init_paging,
-    paging::{audit_wx, kernel_sections, map_mmio, protect, Protection, WxAudit},
+    paging::{
+        audit_wx, kernel_rodata, kernel_sections, kernel_text, map_mmio, protect, Protection,
+        WxAudit,
+    },
     parse_boot_info, port,
     time::{now_us, set_wall_clock, tsc_khz, wall_clock_ns},
 };

@@ -10,8 +10,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::StoreLimits;
 
+use super::Limiter;
 use crate::arch;
 
 wasmtime::component::bindgen!({
@@ -72,7 +72,7 @@ pub struct HostState {
     pub name: String,
     pub kv: KvStore,
     pub config: BTreeMap<String, String>,
-    pub limits: StoreLimits,
+    pub limits: Limiter,
 }
 
 impl HostState {
@@ -80,7 +80,7 @@ impl HostState {
         name: String,
         kv: KvStore,
         config: BTreeMap<String, String>,
-        limits: StoreLimits,
+        limits: Limiter,
     ) -> Self {
         HostState {
             name,

@@ -10,22 +10,36 @@
 //!   usually traps: 500, rebuilt).
 //!
 //! The component's key-value data lives outside the instance and survives the rebuild.
+//!
+//! Integrity: each deployment keeps the verified code bytes it was loaded from, the address
+//! and SHA-256 of its loaded code image (taken right after loading), the invariants derived
+//! from its signed `.wasm` (`tuk-invariants`), and the linear memories its instance uses
+//! (`memory::capture`). [`Deployed::check`] re-measures all of that; [`Deployed::reload`]
+//! rebuilds the whole deployment from the verified bytes (`crate::integrity` decides when).
 
 mod host;
+#[allow(unsafe_code)]
+mod memory;
 #[allow(unsafe_code)]
 mod platform;
 
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 
 use spin::Once;
 use tuk_http::{Request, Response};
-use wasmtime::component::Linker;
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use tuk_invariants::Invariants;
+use tuk_measure::{hex, sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 
 use self::host::{HostState, KvStore, Service, ServicePre};
+pub use self::memory::MemoryCell;
 use crate::arch;
+use crate::integrity::{Record, Violation};
 
 static ENGINE: Once<Engine> = Once::new();
 
@@ -61,9 +75,67 @@ pub struct ComponentStats {
     pub instantiations: u64,
 }
 
+/// The store's resource limiter: wasmtime's `StoreLimits`, plus the largest table size it
+/// ever granted (the monitor checks it against the declared maximum).
+pub struct Limiter {
+    inner: StoreLimits,
+    pub table_peak: usize,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.memory_growing(current, desired, maximum)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let granted = self.inner.table_growing(current, desired, maximum)?;
+        if granted {
+            self.table_peak = self.table_peak.max(desired);
+        }
+        Ok(granted)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
 struct Live {
     store: Store<HostState>,
     service: Service,
+    /// The instance's linear memories, in creation order.
+    memories: Vec<Arc<MemoryCell>>,
+}
+
+/// Where a loaded code image is and what it hashed to right after loading.
+#[derive(Clone, Debug)]
+pub struct CodeImage {
+    pub addr: u64,
+    pub len: u64,
+    pub sha256: [u8; 32],
+    /// `integrity::fingerprint` of the image, taken with the SHA-256.
+    pub fingerprint: u128,
+    /// Whether the image is byte-for-byte the verified (signed) code: wasmtime loads the
+    /// artifact as is when it needs no relocations.
+    pub matches_artifact: bool,
 }
 
 /// A loaded component and its live instance (if it could be instantiated).
@@ -73,12 +145,20 @@ pub struct Deployed {
     pub stats: ComponentStats,
     /// Bytes of compiled code (the artifact as loaded).
     pub code_bytes: usize,
+    /// The verified compiled code: re-instantiation after a violation starts from these bytes.
+    code: Vec<u8>,
+    /// What the signed `.wasm` declares (empty in unsigned mode: no `.wasm` travels).
+    pub invariants: Invariants,
+    pub image: CodeImage,
+    component: Component,
     pre: ServicePre<HostState>,
     live: Option<Live>,
     /// State carried across rebuilds (kv data, configuration) while no instance exists.
     parked: Option<(KvStore, BTreeMap<String, String>)>,
     /// Why the component is not serving, if it is not.
     pub broken: Option<String>,
+    /// The integrity monitor's record for this component.
+    pub integrity: Record,
 }
 
 #[derive(Debug)]
@@ -101,15 +181,46 @@ impl core::fmt::Display for LoadError {
     }
 }
 
-fn limits_for(limits: &Limits) -> StoreLimits {
-    StoreLimitsBuilder::new()
-        .memory_size(limits.memory_bytes)
-        .instances(32)
-        .tables(32)
-        .memories(8)
-        .table_elements(100_000)
-        .trap_on_grow_failure(false)
-        .build()
+/// Elements any one table may have (also the bound for tables declaring no maximum).
+pub const TABLE_ELEMENTS: usize = 100_000;
+
+fn limits_for(limits: &Limits) -> Limiter {
+    Limiter {
+        inner: StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes)
+            .instances(32)
+            .tables(32)
+            .memories(8)
+            .table_elements(TABLE_ELEMENTS)
+            .trap_on_grow_failure(false)
+            .build(),
+        table_peak: 0,
+    }
+}
+
+/// Loads compiled code and links it: the component and its pre-instantiated form.
+fn load(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    code: &[u8],
+) -> Result<(Component, ServicePre<HostState>, CodeImage), LoadError> {
+    let component = platform::load_component(engine, code)
+        .map_err(|e| LoadError::Deserialize(format!("{e:#}")))?;
+    let instance_pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+    let pre = ServicePre::new(instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+    let range = component.image_range();
+    let image = platform::image_bytes(&component);
+    let digest = sha256(image);
+    let image = CodeImage {
+        addr: range.start as u64,
+        len: image.len() as u64,
+        sha256: digest,
+        fingerprint: crate::integrity::fingerprint(image),
+        matches_artifact: image == code,
+    };
+    Ok((component, pre, image))
 }
 
 /// The runtime: the engine, the import linker and the deployed components by name.
@@ -134,30 +245,37 @@ impl Runtime {
         })
     }
 
-    /// Loads compiled component code and instantiates it under `name`.
+    /// Loads compiled component code and instantiates it under `name`, replacing what ran
+    /// under that name only once the new one is instantiated. `invariants` come from the
+    /// signed `.wasm` (empty for unsigned code). The integrity record carries over.
     pub fn deploy(
         &mut self,
         name: &str,
         code: &[u8],
+        invariants: Invariants,
         limits: Limits,
         config: BTreeMap<String, String>,
     ) -> Result<&Deployed, LoadError> {
-        let component = platform::load_component(&self.engine, code)
-            .map_err(|e| LoadError::Deserialize(format!("{e:#}")))?;
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let pre = ServicePre::new(instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let (component, pre, image) = load(&self.engine, &self.linker, code)?;
+        let integrity = self
+            .components
+            .get(name)
+            .map(|d| d.integrity.redeployed())
+            .unwrap_or_default();
         let mut deployed = Deployed {
             name: name.into(),
             limits,
             stats: ComponentStats::default(),
             code_bytes: code.len(),
+            code: code.to_vec(),
+            invariants,
+            image,
+            component,
             pre,
             live: None,
             parked: Some((KvStore::default(), config)),
             broken: None,
+            integrity,
         };
         deployed.instantiate().map_err(LoadError::Instantiate)?;
         self.components.insert(name.into(), deployed);
@@ -166,6 +284,19 @@ impl Runtime {
 
     pub fn components(&self) -> impl Iterator<Item = &Deployed> {
         self.components.values()
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Deployed> {
+        self.components.get_mut(name)
+    }
+
+    /// Rebuilds component `name` from its verified bytes (see [`Deployed::reload`]).
+    pub fn reload(&mut self, name: &str) -> Result<(), String> {
+        let deployed = self
+            .components
+            .get_mut(name)
+            .ok_or_else(|| format!("no component {name}"))?;
+        deployed.reload(&self.engine, &self.linker)
     }
 
     /// Routes a request to component `name`; `None` if no such component is deployed.
@@ -183,9 +314,14 @@ impl Deployed {
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(u64::MAX / 2);
         self.stats.instantiations += 1;
-        match self.pre.instantiate(&mut store) {
+        let (result, memories) = memory::capture(|| self.pre.instantiate(&mut store));
+        match result {
             Ok(service) => {
-                self.live = Some(Live { store, service });
+                self.live = Some(Live {
+                    store,
+                    service,
+                    memories,
+                });
                 self.broken = None;
                 Ok(())
             }
@@ -210,8 +346,112 @@ impl Deployed {
         }
     }
 
+    /// Rebuilds the deployment from its verified code bytes: a fresh code image and a fresh
+    /// instance (kv data and configuration carry over). The old image is freed.
+    fn reload(&mut self, engine: &Engine, linker: &Linker<HostState>) -> Result<(), String> {
+        let (component, pre, image) =
+            load(engine, linker, &self.code).map_err(|e| format!("{e}"))?;
+        if let Some(live) = self.live.take() {
+            let data = live.store.into_data();
+            self.parked = Some((data.kv, data.config));
+        }
+        self.component = component;
+        self.pre = pre;
+        self.image = image;
+        self.instantiate()
+    }
+
+    /// Re-measures the code image and checks the instance's invariants. `Ok` if all hold.
+    pub fn check(&self) -> Result<(), Violation> {
+        let bytes = platform::image_bytes(&self.component);
+        if crate::integrity::fingerprint(bytes) != self.image.fingerprint {
+            let observed = sha256(bytes);
+            return Err(Violation {
+                check: "code",
+                detail: format!(
+                    "the code image at {:#x} ({} bytes) changed after loading",
+                    self.image.addr, self.image.len
+                ),
+                expected: Some(hex(&self.image.sha256)),
+                observed: Some(hex(&observed)),
+            });
+        }
+        let Some(live) = &self.live else {
+            return Ok(()); // nothing runs: nothing else to check
+        };
+        let peak = live.store.data().limits.table_peak;
+        let table_max = self
+            .invariants
+            .tables
+            .iter()
+            .map(|t| t.max.map_or(TABLE_ELEMENTS, |m| m as usize))
+            .max()
+            .unwrap_or(TABLE_ELEMENTS);
+        if peak > table_max {
+            return Err(Violation::simple(
+                "table-size",
+                format!(
+                    "a table reached {peak} elements; the largest declared maximum is {table_max}"
+                ),
+            ));
+        }
+        if self.invariants.memory.is_none() {
+            return Ok(());
+        }
+        let [mem] = live.memories.as_slice() else {
+            return Err(Violation::simple(
+                "memory-count",
+                format!(
+                    "the component declares one linear memory but its instance has {}",
+                    live.memories.len()
+                ),
+            ));
+        };
+        self.invariants
+            .check_memory_size(mem.bytes() as u64, self.limits.memory_bytes as u64)
+            .map_err(|e| Violation::simple("memory-size", e))?;
+        for range in &self.invariants.immutable {
+            let observed = mem.read(range.offset, range.len, sha256).ok_or_else(|| {
+                Violation::simple(
+                    "immutable-data",
+                    format!(
+                        "{} [{}, +{}) is outside the memory",
+                        range.name, range.offset, range.len
+                    ),
+                )
+            })?;
+            if observed != range.sha256 {
+                return Err(Violation {
+                    check: "immutable-data",
+                    detail: format!(
+                        "{} at linear-memory offset {} ({} bytes) changed",
+                        range.name, range.offset, range.len
+                    ),
+                    expected: Some(hex(&range.sha256)),
+                    observed: Some(hex(&observed)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The live instance's (only) linear memory: base address and size in bytes.
+    pub fn memory(&self) -> Option<(u64, u64)> {
+        let live = self.live.as_ref()?;
+        let [mem] = live.memories.as_slice() else {
+            return None;
+        };
+        Some((mem.base() as u64, mem.bytes() as u64))
+    }
+
     fn handle(&mut self, path: &str, req: &Request) -> Response {
         self.stats.requests += 1;
+        if let Some(reason) = self.integrity.untrusted_reason() {
+            return Response::error(
+                503,
+                &format!("component {} is untrusted: {reason}", self.name),
+            );
+        }
         let Some(live) = self.live.as_mut() else {
             let reason = self.broken.as_deref().unwrap_or("not instantiated");
             return Response::error(

@@ -169,6 +169,16 @@ pub fn load_component(
     unsafe { wasmtime::component::Component::deserialize(engine, code) }
 }
 
+/// The bytes of a loaded component's code image (compiled code and its metadata, as wasmtime
+/// keeps them in memory), for re-measurement.
+pub fn image_bytes(component: &wasmtime::component::Component) -> &[u8] {
+    let range = component.image_range();
+    // SAFETY: wasmtime's image range is the component's code memory, which lives (read-only
+    // or read+execute, never freed) as long as the `Component` borrowed here; its pages are
+    // mapped readable by this platform's `mprotect`.
+    unsafe { core::slice::from_raw_parts(range.start, range.end as usize - range.start as usize) }
+}
+
 /// The engine configuration: `tuk_engine`'s settings, plus CPU feature detection (no_std
 /// wasmtime cannot probe the CPU itself and refuses compiled code it cannot vouch for).
 pub fn engine_config() -> wasmtime::Config {
@@ -182,5 +192,7 @@ pub fn engine_config() -> wasmtime::Config {
         config.detect_host_feature(crate::arch::has_feature);
         config.x86_float_abi_ok(true);
     }
+    // Linear memories come from the kernel, so the integrity monitor can find them.
+    config.with_host_memory(alloc::sync::Arc::new(super::memory::KernelMemories));
     config
 }

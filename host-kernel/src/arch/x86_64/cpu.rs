@@ -12,6 +12,8 @@ pub enum ExitCode {
     Clean = 0x10,
     /// Fatal exception or panic: QEMU exit status 3.
     Fault = 0x01,
+    /// The integrity monitor's `halt` policy stopped the host: QEMU exit status 65.
+    IntegrityHalt = 0x20,
 }
 
 /// Leaves the VM. Without an `isa-debug-exit` device (e.g. on Xen) the CPU halts forever.

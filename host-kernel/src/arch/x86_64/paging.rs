@@ -58,6 +58,21 @@ pub fn kernel_sections() -> KernelSections {
     }
 }
 
+/// The kernel's text as mapped (read+execute), for re-measurement.
+pub fn kernel_text() -> &'static [u8] {
+    let (start, end) = kernel_sections().text;
+    // SAFETY: the linker script's text bounds; the range is mapped present for the kernel's
+    // whole life and never written (read-only pages, CR0.WP set).
+    unsafe { core::slice::from_raw_parts(start as *const u8, (end - start) as usize) }
+}
+
+/// The kernel's read-only data as mapped, for re-measurement.
+pub fn kernel_rodata() -> &'static [u8] {
+    let (start, end) = kernel_sections().rodata;
+    // SAFETY: as for `kernel_text`: mapped present and read-only for the kernel's life.
+    unsafe { core::slice::from_raw_parts(start as *const u8, (end - start) as usize) }
+}
+
 /// Page-table frames come from the kernel heap (identity-mapped, so virtual = physical).
 struct HeapFrames;
 

@@ -1,0 +1,438 @@
+//! Dynamic integrity measurement: the kernel re-measures itself and every running component
+//! on an interval, and responds to what changed.
+//!
+//! One round (docs/measurement.md, "Run-time measurement"):
+//! - kernel: SHA-256 of its text and read-only data against the values taken at boot (after
+//!   the final page tables), and a walk of the live page tables: no page writable and
+//!   executable;
+//! - each trusted component ([`crate::wasm::Deployed::check`]): its loaded code image against
+//!   the hash taken when it was loaded, its memory and table sizes against the limits its
+//!   signed `.wasm` declares, and its immutable data (`.rodata`) against the signed bytes.
+//!
+//! Two digests, one job each: SHA-256 is the measurement of record (what PCR 9 and PCR 10
+//! name, what reports show); the periodic comparison of the large ranges (kernel text and
+//! rodata, code images) uses [`fingerprint`], XXH3-128 under a per-boot random secret, which
+//! is about an order of magnitude cheaper per byte (measured at boot, `hash_rates` in
+//! `/_tuk/status`). Its reference is taken from the same bytes whose SHA-256 was taken, at the
+//! same moment. The fingerprint is not a cryptographic MAC: it detects changes to memory by
+//! anyone who does not know the secret (bugs, bit flips, writes from outside that do not first
+//! read the kernel's memory). An attacker who can read and write all guest memory can also
+//! rewrite the checker; against that adversary stands the out-of-guest monitor and the
+//! measured, attested boot — see docs/measurement.md.
+//!
+//! A violation is a state change: it extends PCR 10 with one event-log record describing it,
+//! and marks the subject untrusted (a component's routes then answer 503 with the reason).
+//! Then the policy acts: `reinstantiate` (default) rebuilds the component from its verified
+//! bytes and records that in PCR 10 too; `quarantine` leaves it untrusted until a newer
+//! version is published; `halt` saves the TPM state and stops the host-kernel. A round that
+//! finds nothing new extends nothing. The kernel cannot repair itself: a kernel violation is
+//! recorded once per check and reported until the instance is replaced.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use spin::Once;
+use xxhash_rust::xxh3::xxh3_128_with_secret;
+
+use serde_json::{json, Value};
+use tuk_measure::{hex, sha256};
+
+use crate::arch::{self, ExitCode};
+use crate::deploy::Deployer;
+use crate::measured::PCR_INTEGRITY;
+
+/// The per-boot secret of [`fingerprint`] (192 bytes from the CPU's random source).
+static SECRET: Once<[u8; 192]> = Once::new();
+
+/// The keyed fast digest used for periodic comparison of large ranges (see the module docs).
+pub fn fingerprint(bytes: &[u8]) -> u128 {
+    let secret = SECRET.call_once(|| {
+        let mut s = [0u8; 192];
+        for chunk in s.chunks_mut(8) {
+            chunk.copy_from_slice(&arch::random_u64().to_le_bytes());
+        }
+        s
+    });
+    xxh3_128_with_secret(bytes, secret)
+}
+
+/// Throughput of both digests over the kernel's text, measured once at boot (MB/s).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HashRates {
+    pub sha256_mb_s: u64,
+    pub fingerprint_mb_s: u64,
+}
+
+/// What happens to a component whose check fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    Reinstantiate,
+    Quarantine,
+    Halt,
+}
+
+impl Policy {
+    pub fn parse(s: &str) -> Option<Policy> {
+        Some(match s {
+            "reinstantiate" => Policy::Reinstantiate,
+            "quarantine" => Policy::Quarantine,
+            "halt" => Policy::Halt,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Reinstantiate => "reinstantiate",
+            Policy::Quarantine => "quarantine",
+            Policy::Halt => "halt",
+        }
+    }
+}
+
+/// From the command line (`integrity.interval_ms`, `integrity.policy`).
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// 0 turns re-measurement off.
+    pub interval_ms: u64,
+    pub policy: Policy,
+}
+
+impl Settings {
+    pub const DEFAULT_INTERVAL_MS: u64 = 1000;
+    /// Shorter intervals are raised to this (a round must finish before the next is due).
+    pub const MIN_INTERVAL_MS: u64 = 10;
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            interval_ms: Self::DEFAULT_INTERVAL_MS,
+            policy: Policy::Reinstantiate,
+        }
+    }
+}
+
+/// One failed check.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    /// Which check: `code`, `immutable-data`, `memory-size`, `memory-count`, `table-size`,
+    /// `kernel-text`, `kernel-rodata`, `kernel-wx`.
+    pub check: &'static str,
+    pub detail: String,
+    pub expected: Option<String>,
+    pub observed: Option<String>,
+}
+
+impl Violation {
+    pub fn simple(check: &'static str, detail: impl Into<String>) -> Violation {
+        Violation {
+            check,
+            detail: detail.into(),
+            expected: None,
+            observed: None,
+        }
+    }
+}
+
+/// The monitor's record of one subject (the kernel or a component).
+#[derive(Clone, Debug, Default)]
+pub struct Record {
+    pub checks: u64,
+    pub violations: u64,
+    pub reinstantiations: u64,
+    /// Uptime (ms) of the last check.
+    pub last_check_ms: Option<u64>,
+    /// The last violation, for reports.
+    pub last_violation: Option<String>,
+    untrusted: Option<String>,
+}
+
+impl Record {
+    /// Why the subject is untrusted; `None` while trusted.
+    pub fn untrusted_reason(&self) -> Option<&str> {
+        self.untrusted.as_deref()
+    }
+
+    pub fn state(&self) -> &'static str {
+        if self.untrusted.is_some() {
+            "untrusted"
+        } else {
+            "trusted"
+        }
+    }
+
+    /// The record after a newer version was published: trusted again, history kept.
+    pub fn redeployed(&self) -> Record {
+        Record {
+            untrusted: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// Round timings, for the status report and the benchmarks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RoundStats {
+    pub rounds: u64,
+    pub last_us: u64,
+    pub max_us: u64,
+    pub total_us: u64,
+    /// Bytes hashed in the last round (kernel + code images + immutable data).
+    pub last_bytes: u64,
+}
+
+pub struct Monitor {
+    pub settings: Settings,
+    next_due_us: u64,
+    pub kernel: Record,
+    text_ref: [u8; 32],
+    rodata_ref: [u8; 32],
+    /// Fingerprints of the text and rodata taken with the SHA-256 references.
+    text_fp: u128,
+    rodata_fp: u128,
+    pub hash_rates: HashRates,
+    /// Kernel checks already recorded as violated (each is extended once).
+    kernel_flagged: Vec<&'static str>,
+    pub stats: RoundStats,
+}
+
+impl Monitor {
+    /// Takes the kernel's reference hashes (call after the final page tables are live).
+    pub fn new(mut settings: Settings, now_us: u64) -> Monitor {
+        if settings.interval_ms != 0 && settings.interval_ms < Settings::MIN_INTERVAL_MS {
+            log::warn!(
+                "integrity.interval_ms={} is below {} ms; using {}",
+                settings.interval_ms,
+                Settings::MIN_INTERVAL_MS,
+                Settings::MIN_INTERVAL_MS
+            );
+            settings.interval_ms = Settings::MIN_INTERVAL_MS;
+        }
+        let text = arch::kernel_text();
+        let t0 = arch::now_us();
+        let text_ref = sha256(text);
+        let t1 = arch::now_us();
+        let text_fp = fingerprint(text);
+        let t2 = arch::now_us();
+        let rate = |us: u64| text.len() as u64 / us.max(1); // bytes/us = MB/s
+        let hash_rates = HashRates {
+            sha256_mb_s: rate(t1 - t0),
+            fingerprint_mb_s: rate(t2 - t1),
+        };
+        log::info!(
+            "integrity: SHA-256 {} MB/s, fingerprint {} MB/s (kernel text, {} KiB)",
+            hash_rates.sha256_mb_s,
+            hash_rates.fingerprint_mb_s,
+            text.len() >> 10
+        );
+        Monitor {
+            settings,
+            next_due_us: now_us + settings.interval_ms * 1000,
+            kernel: Record::default(),
+            text_ref,
+            rodata_ref: sha256(arch::kernel_rodata()),
+            text_fp,
+            rodata_fp: fingerprint(arch::kernel_rodata()),
+            hash_rates,
+            kernel_flagged: Vec::new(),
+            stats: RoundStats::default(),
+        }
+    }
+
+    pub fn kernel_text_sha256(&self) -> &[u8; 32] {
+        &self.text_ref
+    }
+
+    pub fn kernel_rodata_sha256(&self) -> &[u8; 32] {
+        &self.rodata_ref
+    }
+
+    /// When the next round is due (`None`: re-measurement is off).
+    pub fn next_due_us(&self) -> Option<u64> {
+        (self.settings.interval_ms != 0).then_some(self.next_due_us)
+    }
+
+    /// Runs a round if one is due.
+    pub fn tick(&mut self, deployer: &mut Deployer, now_us: u64) {
+        if self.next_due_us().is_none_or(|due| now_us < due) {
+            return;
+        }
+        self.round(deployer, now_us);
+        let end = arch::now_us();
+        self.next_due_us = end + self.settings.interval_ms * 1000;
+    }
+
+    /// One full round over the kernel and every trusted component.
+    pub fn round(&mut self, deployer: &mut Deployer, now_us: u64) {
+        let now_ms = now_us / 1000;
+        let mut bytes = 0u64;
+
+        self.kernel.checks += 1;
+        self.kernel.last_check_ms = Some(now_ms);
+        let text = arch::kernel_text();
+        let rodata = arch::kernel_rodata();
+        bytes += (text.len() + rodata.len()) as u64;
+        let mut found = Vec::new();
+        for (check, section, reference, fp) in [
+            ("kernel-text", text, self.text_ref, self.text_fp),
+            ("kernel-rodata", rodata, self.rodata_ref, self.rodata_fp),
+        ] {
+            if fingerprint(section) != fp {
+                // Changed: the record names the SHA-256 of what is there now.
+                let observed = sha256(section);
+                found.push(Violation {
+                    check,
+                    detail: format!(
+                        "the kernel's {} at {:#x} ({} bytes) changed since boot",
+                        &check[7..],
+                        section.as_ptr() as u64,
+                        section.len()
+                    ),
+                    expected: Some(hex(&reference)),
+                    observed: Some(hex(&observed)),
+                });
+            }
+        }
+        let wx = arch::audit_wx();
+        if wx.writable_executable_pages != 0 {
+            found.push(Violation::simple(
+                "kernel-wx",
+                format!(
+                    "{} pages are writable and executable",
+                    wx.writable_executable_pages
+                ),
+            ));
+        }
+        for v in found {
+            if !self.kernel_flagged.contains(&v.check) {
+                self.kernel_flagged.push(v.check);
+                self.kernel_violation(deployer, v, now_ms);
+            }
+        }
+
+        let names: Vec<String> = deployer
+            .runtime
+            .components()
+            .filter(|d| d.integrity.untrusted_reason().is_none())
+            .map(|d| d.name.clone())
+            .collect();
+        for name in names {
+            let Some(d) = deployer.runtime.get_mut(&name) else {
+                continue;
+            };
+            bytes += d.image.len + d.invariants.immutable.iter().map(|r| r.len).sum::<u64>();
+            let result = d.check();
+            d.integrity.checks += 1;
+            d.integrity.last_check_ms = Some(now_ms);
+            if let Err(v) = result {
+                self.component_violation(deployer, &name, v, now_ms);
+            }
+        }
+
+        let took = arch::now_us().saturating_sub(now_us);
+        self.stats.rounds += 1;
+        self.stats.last_us = took;
+        self.stats.max_us = self.stats.max_us.max(took);
+        self.stats.total_us += took;
+        self.stats.last_bytes = bytes;
+    }
+
+    fn kernel_violation(&mut self, deployer: &mut Deployer, v: Violation, now_ms: u64) {
+        self.kernel.violations += 1;
+        self.kernel.last_violation = Some(format!("{}: {}", v.check, v.detail));
+        self.kernel.untrusted = Some(format!("{}: {}", v.check, v.detail));
+        log::error!("integrity: kernel {}: {}", v.check, v.detail);
+        record(deployer, "kernel", &v, self.settings.policy, now_ms);
+        if self.settings.policy == Policy::Halt {
+            halt(deployer, "kernel", &v);
+        }
+    }
+
+    fn component_violation(
+        &mut self,
+        deployer: &mut Deployer,
+        name: &str,
+        v: Violation,
+        now_ms: u64,
+    ) {
+        let subject = format!("component:{name}");
+        log::error!("integrity: {subject} {}: {}", v.check, v.detail);
+        record(deployer, &subject, &v, self.settings.policy, now_ms);
+        if let Some(d) = deployer.runtime.get_mut(name) {
+            d.integrity.violations += 1;
+            let reason = format!("{} check failed: {}", v.check, v.detail);
+            d.integrity.last_violation = Some(reason.clone());
+            d.integrity.untrusted = Some(reason);
+        }
+        match self.settings.policy {
+            Policy::Quarantine => {
+                log::warn!("integrity: {subject} quarantined (answers 503) until a newer version is published");
+            }
+            Policy::Halt => halt(deployer, &subject, &v),
+            Policy::Reinstantiate => match deployer.runtime.reload(name) {
+                Ok(()) => {
+                    let Some(d) = deployer.runtime.get_mut(name) else {
+                        return;
+                    };
+                    d.integrity.untrusted = None;
+                    d.integrity.reinstantiations += 1;
+                    let content = json!({
+                        "kind": "reinstantiated",
+                        "subject": subject,
+                        "code_sha256": hex(&d.image.sha256),
+                        "uptime_ms": now_ms,
+                    });
+                    log::warn!("integrity: {subject} re-instantiated from its verified bytes");
+                    extend(deployer, content);
+                }
+                Err(e) => {
+                    log::error!("integrity: {subject}: re-instantiation failed: {e}");
+                    if let Some(d) = deployer.runtime.get_mut(name) {
+                        d.integrity.untrusted = Some(format!("re-instantiation failed: {e}"));
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Extends PCR 10 with the violation's record.
+fn record(deployer: &mut Deployer, subject: &str, v: &Violation, policy: Policy, now_ms: u64) {
+    let mut content = json!({
+        "kind": "violation",
+        "subject": subject,
+        "check": v.check,
+        "detail": v.detail,
+        "action": policy.name(),
+        "uptime_ms": now_ms,
+    });
+    if let (Value::Object(map), Some(e), Some(o)) = (&mut content, &v.expected, &v.observed) {
+        map.insert("expected_sha256".into(), Value::from(e.as_str()));
+        map.insert("observed_sha256".into(), Value::from(o.as_str()));
+    }
+    extend(deployer, content);
+}
+
+/// Extends PCR 10 with the SHA-256 of `content`'s canonical JSON and logs the record.
+fn extend(deployer: &mut Deployer, content: Value) {
+    let canonical = serde_json::to_vec(&content).unwrap_or_default();
+    let digest = sha256(&canonical);
+    if let Err(e) = deployer
+        .measurements
+        .extend(PCR_INTEGRITY, &digest, "tuk.integrity", content)
+    {
+        log::error!("integrity: cannot extend PCR {PCR_INTEGRITY}: {e}");
+    }
+}
+
+/// The `halt` policy: the TPM saves its state (PCR 10 stays inspectable) and the VM stops.
+fn halt(deployer: &mut Deployer, subject: &str, v: &Violation) -> ! {
+    deployer.measurements.shutdown();
+    crate::logger::console_line(format_args!(
+        "tuk: integrity halt: {subject} {}: {}",
+        v.check,
+        v.detail
+    ));
+    arch::exit_qemu(ExitCode::IntegrityHalt)
+}
