@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 pub use tuk_launcher::{Accel, ExitKind, Instance, LaunchError, RunConfig};
 
+pub mod signing;
+
 /// `http.request_timeout_ms` given to every test VM.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
 /// `http.idle_timeout_ms` given to every test VM.

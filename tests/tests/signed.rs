@@ -11,61 +11,14 @@
 //!   vTPM after a clean shutdown.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use tuk_compose::{BuildOptions, Deployment};
-use tuk_e2e::{boot_full, pcrs_after_shutdown, Conn, Response, IO_TIMEOUT};
-use tuk_launcher::Instance;
+use tuk_compose::Deployment;
+use tuk_e2e::signing::{build, get, put, sign};
+use tuk_e2e::{boot_full, pcrs_after_shutdown, Conn, IO_TIMEOUT};
 use tuk_measure::policy::TrustPolicy;
-use tuk_measure::sign::{sign_bundle, SigningKey};
-use tuk_measure::statement::{ComponentPredicate, Limits, WORLD};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
-}
-
-struct Built {
-    wasm: Vec<u8>,
-    code: Vec<u8>,
-}
-
-fn build(names: &[&str]) -> BTreeMap<String, Built> {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-signed");
-    let opts = BuildOptions {
-        out_dir: out,
-        locked: true,
-        ..BuildOptions::default()
-    };
-    let (_, built) = tuk_compose::build(&repo_root().join("components"), &opts)
-        .unwrap_or_else(|e| panic!("building components/ failed: {e}"));
-    names
-        .iter()
-        .map(|n| {
-            let b = built.iter().find(|b| b.name == *n).unwrap();
-            let wasm = std::fs::read(&b.artifact.path).unwrap();
-            let code = tuk_compose::compile(&wasm).unwrap();
-            (n.to_string(), Built { wasm, code })
-        })
-        .collect()
-}
-
-fn sign(key: &SigningKey, name: &str, version: &str, b: &Built) -> Vec<u8> {
-    let predicate = ComponentPredicate {
-        name: name.into(),
-        version: version.into(),
-        engine: tuk_compose::compile::engine_fingerprint().unwrap(),
-        world: WORLD.into(),
-        limits: Limits {
-            memory_bytes: 16 << 20,
-            deadline_ms: 2000,
-        },
-    };
-    sign_bundle(key, &b.wasm, &b.code, predicate)
-}
+use tuk_measure::sign::SigningKey;
 
 /// Flips one byte inside section `section` (0 wasm, 1 code, 2 envelope) of a bundle.
 fn flip(bundle: &[u8], section: usize) -> Vec<u8> {
@@ -79,24 +32,6 @@ fn flip(bundle: &[u8], section: usize) -> Vec<u8> {
         at += 8 + len;
     }
     out
-}
-
-fn put(vm: &Instance, name: &str, body: &[u8]) -> Response {
-    let mut c = Conn::open(vm.addr());
-    let mut req = format!(
-        "PUT /_tuk/components/{name} HTTP/1.1\r\nHost: tuk\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    req.extend_from_slice(body);
-    // A refused upload may be answered before the body is fully sent: ignore send errors.
-    let _ = c.send(&req);
-    c.read_response(IO_TIMEOUT)
-        .unwrap_or_else(|e| panic!("PUT {name}: {e}"))
-}
-
-fn get(vm: &Instance, path: &str) -> Response {
-    Conn::open(vm.addr()).get(path)
 }
 
 #[test]

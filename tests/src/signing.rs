@@ -1,0 +1,103 @@
+//! Signed components for the tests: build the example components with tuk's tools, sign them
+//! with real ed25519 keys, pack them with a trust policy, and publish at run time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use tuk_compose::{BuildOptions, Deployment};
+use tuk_launcher::Instance;
+use tuk_measure::policy::TrustPolicy;
+use tuk_measure::sign::SigningKey;
+use tuk_measure::statement::{ComponentPredicate, Limits, WORLD};
+
+use crate::{Conn, Response, IO_TIMEOUT};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// A component's `.wasm` and its compiled code.
+pub struct Built {
+    pub wasm: Vec<u8>,
+    pub code: Vec<u8>,
+}
+
+/// Builds components/ (once per call) and compiles the named components.
+pub fn build(names: &[&str]) -> BTreeMap<String, Built> {
+    let out = std::env::temp_dir().join("tuk-e2e").join("components");
+    let opts = BuildOptions {
+        out_dir: out,
+        locked: true,
+        ..BuildOptions::default()
+    };
+    let (_, built) = tuk_compose::build(&repo_root().join("components"), &opts)
+        .unwrap_or_else(|e| panic!("building components/ failed: {e}"));
+    names
+        .iter()
+        .map(|n| {
+            let b = built.iter().find(|b| b.name == *n).unwrap();
+            let wasm = std::fs::read(&b.artifact.path).unwrap();
+            let code = tuk_compose::compile(&wasm).unwrap();
+            (n.to_string(), Built { wasm, code })
+        })
+        .collect()
+}
+
+/// A signed bundle of `b` as `name` `version` (16 MiB, 2 s limits).
+pub fn sign(key: &SigningKey, name: &str, version: &str, b: &Built) -> Vec<u8> {
+    let predicate = ComponentPredicate {
+        name: name.into(),
+        version: version.into(),
+        engine: tuk_compose::compile::engine_fingerprint().unwrap(),
+        world: WORLD.into(),
+        limits: Limits {
+            memory_bytes: 16 << 20,
+            deadline_ms: 2000,
+        },
+    };
+    tuk_measure::sign::sign_bundle(key, &b.wasm, &b.code, predicate)
+}
+
+/// Writes a boot pack of `bundles` (name, bytes) with `policy` into `dir`; returns its path.
+pub fn pack(dir: &Path, bundles: &[(&str, Vec<u8>)], policy: &TrustPolicy) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let deployments: Vec<Deployment> = bundles
+        .iter()
+        .map(|(name, bytes)| {
+            let path = dir.join(format!("{name}.bundle"));
+            std::fs::write(&path, bytes).unwrap();
+            Deployment {
+                name: (*name).into(),
+                source: path,
+                meta: vec![],
+            }
+        })
+        .collect();
+    let (pack, _) = tuk_compose::boot_pack(&deployments, Some(&policy.canonical_json())).unwrap();
+    let path = dir.join("boot.pack");
+    std::fs::write(&path, pack).unwrap();
+    path
+}
+
+/// `PUT /_tuk/components/<name>` with `body`.
+pub fn put(vm: &Instance, name: &str, body: &[u8]) -> Response {
+    let mut c = Conn::open(vm.addr());
+    let mut req = format!(
+        "PUT /_tuk/components/{name} HTTP/1.1\r\nHost: tuk\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    // A refused upload may be answered before the body is fully sent: ignore send errors.
+    let _ = c.send(&req);
+    c.read_response(IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("PUT {name}: {e}"))
+}
+
+/// One GET on a fresh connection.
+pub fn get(vm: &Instance, path: &str) -> Response {
+    Conn::open(vm.addr()).get(path)
+}
