@@ -382,6 +382,37 @@ pub fn accept_queue_len(addr: SocketAddr) -> Option<u64> {
     })
 }
 
+/// `tuk tamper`'s code path ([`tuk_launcher::tamper::tamper`]): flips the byte at `offset` in
+/// `target` (`kernel:text`, `kernel:rodata`, `component:NAME:code`, `component:NAME:data`) of
+/// the running `vm`, through its guest-RAM file, as a host attacker would. Panics on failure.
+pub fn tamper(vm: &Instance, target: &str, offset: u64) -> tuk_launcher::tamper::Tampered {
+    let parsed: tuk_launcher::tamper::Target = target.parse().unwrap_or_else(|e| panic!("{e}"));
+    let done = tuk_launcher::tamper::tamper(vm.state_dir(), &parsed, offset, None)
+        .unwrap_or_else(|e| panic!("tamper {target}+{offset}: {e}"));
+    eprintln!("  tampered {done}");
+    done
+}
+
+/// The offset of `needle` inside the kernel image's read-only data segment (for
+/// `tamper(vm, "kernel:rodata", offset)` on a byte whose change cannot crash the kernel).
+pub fn kernel_rodata_offset_of(needle: &[u8]) -> u64 {
+    let image =
+        tuk_launcher::monitor::KernelImage::load(&kernel_image()).unwrap_or_else(|e| panic!("{e}"));
+    let rodata = image
+        .segment("rodata")
+        .expect("the kernel has a rodata segment");
+    rodata
+        .bytes()
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| {
+            panic!(
+                "{:?} is not in the kernel's rodata",
+                String::from_utf8_lossy(needle)
+            )
+        }) as u64
+}
+
 /// After `vm` shut down cleanly (the kernel saved the TPM with Shutdown(STATE)): resumes its
 /// swtpm state on TCP ports and reads `pcrs` (SHA-256 bank) with `tpm2_pcrread`, an
 /// implementation independent of tuk's.

@@ -62,11 +62,16 @@ fn dropping_an_instance_kills_qemu() {
     let vm = boot("drop");
     let pid = vm.pid();
     let listen = vm.addr();
+    let info = vm.info().clone();
     assert!(Path::new(&format!("/proc/{pid}")).exists());
+    assert!(info.memory_file.is_file() && vm.state_dir().join("instance.json").is_file());
     drop(vm);
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists(),
         "QEMU (pid {pid}) outlived its Instance"
     );
     TcpListener::bind(listen).expect("the forwarded port is released");
+    // Guest RAM's file and instance.json go with it.
+    assert!(!info.memory_file.exists(), "{}", info.memory_file.display());
+    assert!(!info.state_dir.join("instance.json").exists());
 }

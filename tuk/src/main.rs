@@ -3,25 +3,28 @@
 //!
 //! Output discipline: machine-readable JSON lines (one object per event) on stdout, human
 //! messages on stderr. Exit codes: 0 success, 1 the VM stopped uncleanly or by itself,
-//! 2 usage or launch errors.
+//! 2 usage or launch errors, 3 `tuk run` stopped the VM on an integrity violation
+//! (`--monitor-policy stop`).
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
+use tuk_launcher::monitor::{self, MonitorThread, Violation};
 use tuk_launcher::{kernel, qemu, Accel, Instance, KernelSource, RunConfig};
 
 mod component;
 mod registry;
 mod sign;
+mod tamper;
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +61,16 @@ enum Command {
     Verify(sign::VerifyArgs),
     /// Write a trust policy (trusted keys, allowed names, minimum versions).
     Policy(sign::PolicyArgs),
+    /// ATTACK TOOL, for testing detection only: writes bytes into a running guest's RAM.
+    ///
+    /// Does what an attacker with hypervisor-level access could: opens the instance's
+    /// guest-RAM file (QEMU's shared memory backend, named in <STATE_DIR>/instance.json) and
+    /// overwrites bytes of the kernel's text or read-only data (located from the kernel image)
+    /// or of a component's code image or immutable data (located from the guest's
+    /// GET /_tuk/status). The in-guest monitor (/_tuk/status, PCR 10) and `tuk run`'s
+    /// out-of-guest monitor must detect it. Prints a `tampered` JSON event.
+    #[command(hide = true)]
+    Tamper(tamper::TamperArgs),
     // Later: compile, sign, verify, publish, pull, attest, verifier, gateway.
 }
 
@@ -123,6 +136,67 @@ struct RunArgs {
     /// (default 2000).
     #[arg(long = "deadline", value_name = "NAME=MS")]
     deadlines: Vec<String>,
+    /// Out-of-guest measurement: every MS milliseconds, compare the kernel's text and
+    /// read-only data in guest RAM (read from the host) with the image QEMU loaded; 0 = off.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    monitor_interval: u64,
+    /// What a change the out-of-guest monitor finds does (each distinct change is reported
+    /// once, as an `integrity-violation` event): report only, stop the VM (clean shutdown,
+    /// else kill; exit status 3), or restart it (kill, then boot a fresh VM with the same
+    /// configuration and vTPM).
+    #[arg(long, value_enum, value_name = "POLICY", default_value = "report")]
+    monitor_policy: MonitorPolicy,
+    /// In-guest measurement: every MS milliseconds the kernel re-measures its text, read-only
+    /// data and page tables, and every component's code and invariants (kernel argument
+    /// `integrity.interval_ms`; 0 = off; at least 10).
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    integrity_interval: u64,
+    /// What the kernel does with a component whose check fails (after recording it in PCR
+    /// 10): rebuild it from its verified bytes, keep it answering 503 until a newer version
+    /// is published, or stop the VM (exit status 65).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "POLICY",
+        default_value = "reinstantiate"
+    )]
+    integrity_policy: IntegrityPolicy,
+}
+
+/// `--integrity-policy` (the kernel's `integrity.policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum IntegrityPolicy {
+    Reinstantiate,
+    Quarantine,
+    Halt,
+}
+
+impl IntegrityPolicy {
+    fn as_str(self) -> &'static str {
+        match self {
+            IntegrityPolicy::Reinstantiate => "reinstantiate",
+            IntegrityPolicy::Quarantine => "quarantine",
+            IntegrityPolicy::Halt => "halt",
+        }
+    }
+}
+
+/// `--monitor-policy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum MonitorPolicy {
+    Report,
+    Stop,
+    Restart,
+}
+
+impl MonitorPolicy {
+    fn as_str(self) -> &'static str {
+        match self {
+            MonitorPolicy::Report => "report",
+            MonitorPolicy::Stop => "stop",
+            MonitorPolicy::Restart => "restart",
+        }
+    }
 }
 
 /// A `--component NAME=REF` naming no file but a registry reference: pulls the bundle (digests
@@ -228,6 +302,7 @@ fn main() -> ExitCode {
         Command::Sign(args) => sign::sign(args),
         Command::Verify(args) => sign::verify(args),
         Command::Policy(args) => sign::policy(args),
+        Command::Tamper(args) => tamper::tamper(args),
     };
     match outcome {
         Ok(code) => code,
@@ -254,13 +329,63 @@ enum Event<'a> {
         boot_ms: u64,
         guest_boot_us: Option<u64>,
         console_log: &'a std::path::Path,
+        /// `<state_dir>/instance.json` (docs/contracts.md).
+        instance: std::path::PathBuf,
     },
     Stopped {
-        /// `signal` (we stopped it) or `vm-exited` (it stopped by itself).
+        /// `signal` (we stopped it), `vm-exited` (it stopped by itself) or
+        /// `integrity-violation` (`--monitor-policy stop`).
         reason: &'a str,
         clean: bool,
         exit_status: Option<i32>,
     },
+    /// The out-of-guest monitor found a read-only kernel segment changed in guest RAM.
+    IntegrityViolation {
+        /// `out-of-guest` (the in-guest monitor reports in /_tuk/status).
+        source: &'a str,
+        /// `text` or `rodata`.
+        segment: &'a str,
+        perm: &'a str,
+        /// Guest-physical address of the first changed byte.
+        paddr: u64,
+        /// Its offset in the segment.
+        offset: u64,
+        segment_paddr: u64,
+        segment_len: u64,
+        expected_sha256: &'a str,
+        observed_sha256: &'a str,
+        /// Unix time (ms) of the check that found it.
+        detected_ms: u64,
+        check_us: u64,
+        /// `--monitor-policy`.
+        action: &'a str,
+    },
+    /// The out-of-guest monitor could not read guest RAM (reported once per distinct reason).
+    MonitorError { reason: &'a str },
+    /// `--monitor-policy restart`: the VM was killed; a `ready` event follows for the new one.
+    Restarting {
+        reason: &'a str,
+        exit_status: Option<i32>,
+    },
+}
+
+impl<'a> Event<'a> {
+    fn violation(v: &'a Violation, policy: MonitorPolicy) -> Event<'a> {
+        Event::IntegrityViolation {
+            source: "out-of-guest",
+            segment: &v.segment,
+            perm: v.perm,
+            paddr: v.paddr,
+            offset: v.offset,
+            segment_paddr: v.segment_paddr,
+            segment_len: v.segment_len,
+            expected_sha256: &v.expected_sha256,
+            observed_sha256: &v.observed_sha256,
+            detected_ms: v.detected_ms,
+            check_us: v.check_us,
+            action: policy.as_str(),
+        }
+    }
 }
 
 /// Prints one event on stdout and flushes it (consumers read line by line).
@@ -314,7 +439,18 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let mut cfg = RunConfig::new(kernel, args.listen);
     cfg.accel = args.accel;
     cfg.memory_mib = args.memory;
-    cfg.kernel_args = args.kernel_args.clone();
+    cfg.kernel_args = vec![
+        (
+            "integrity.interval_ms".to_owned(),
+            args.integrity_interval.to_string(),
+        ),
+        (
+            "integrity.policy".to_owned(),
+            args.integrity_policy.as_str().to_owned(),
+        ),
+    ];
+    // Explicit --kernel-arg words come last, so they win.
+    cfg.kernel_args.extend(args.kernel_args.iter().cloned());
     cfg.boot_timeout = Duration::from_secs(args.boot_timeout);
     cfg.cancel = Some(Arc::clone(&stop));
     if let Some(dir) = &args.state_dir {
@@ -331,7 +467,117 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             .display()
     );
 
-    let mut vm = Instance::start(cfg)?;
+    let mut vm = Instance::start(cfg.clone())?;
+    announce(&vm)?;
+    let mut monitor = start_monitor(&vm, &args)?;
+    let mut monitor_errors: Vec<String> = Vec::new();
+
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            drop(monitor.take());
+            eprintln!("tuk: stopping (console: shutdown)");
+            let exit = vm.shutdown(Duration::from_secs(args.shutdown_timeout))?;
+            if !exit.is_clean() {
+                eprintln!("tuk: unclean stop: {exit}");
+            }
+            emit(&Event::Stopped {
+                reason: "signal",
+                clean: exit.is_clean(),
+                exit_status: exit.code(),
+            })?;
+            return Ok(if exit.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        if let Some(exit) = vm.exit_kind()? {
+            drop(monitor.take());
+            eprintln!("tuk: the VM stopped by itself: {exit}");
+            if exit.is_clean() {
+                eprintln!("--- console (last lines) ---");
+                for line in vm.console_tail() {
+                    eprintln!("  | {line}");
+                }
+            }
+            emit(&Event::Stopped {
+                reason: "vm-exited",
+                clean: false,
+                exit_status: exit.code(),
+            })?;
+            return Ok(ExitCode::from(1));
+        }
+        let event = match &monitor {
+            Some((_, events)) => match events.recv_timeout(Duration::from_millis(100)) {
+                Ok(event) => Some(event),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    anyhow::bail!("the out-of-guest monitor's thread ended")
+                }
+            },
+            None => {
+                thread::sleep(Duration::from_millis(100));
+                None
+            }
+        };
+        match event {
+            Some(monitor::Event::Violation(v)) => {
+                eprintln!(
+                    "tuk: INTEGRITY VIOLATION (out-of-guest): the kernel's {} segment ({}) \
+                     differs from the image at paddr {:#x} (offset {:#x} of {} bytes), \
+                     sha256 {} instead of {}; policy: {}",
+                    v.segment,
+                    v.perm,
+                    v.paddr,
+                    v.offset,
+                    v.segment_len,
+                    v.observed_sha256,
+                    v.expected_sha256,
+                    args.monitor_policy.as_str()
+                );
+                emit(&Event::violation(&v, args.monitor_policy))?;
+                match args.monitor_policy {
+                    MonitorPolicy::Report => {}
+                    MonitorPolicy::Stop => {
+                        drop(monitor.take());
+                        eprintln!("tuk: stopping the VM (console: shutdown, then kill)");
+                        let exit = vm.shutdown(Duration::from_secs(args.shutdown_timeout))?;
+                        emit(&Event::Stopped {
+                            reason: "integrity-violation",
+                            clean: exit.is_clean(),
+                            exit_status: exit.code(),
+                        })?;
+                        return Ok(ExitCode::from(3));
+                    }
+                    MonitorPolicy::Restart => {
+                        drop(monitor.take());
+                        let status = vm.kill()?;
+                        eprintln!("tuk: killed the VM ({status}); booting a fresh one");
+                        emit(&Event::Restarting {
+                            reason: "integrity-violation",
+                            exit_status: status.code(),
+                        })?;
+                        drop(vm);
+                        vm = Instance::start(cfg.clone())?;
+                        announce(&vm)?;
+                        monitor = start_monitor(&vm, &args)?;
+                    }
+                }
+            }
+            Some(monitor::Event::Error(reason)) => {
+                if !monitor_errors.contains(&reason) {
+                    eprintln!("tuk: the out-of-guest monitor cannot check: {reason}");
+                    emit(&Event::MonitorError { reason: &reason })?;
+                    monitor_errors.push(reason);
+                }
+            }
+            Some(monitor::Event::Checked(_)) | None => {}
+        }
+    }
+}
+
+/// Says on stderr and as a `ready` event that `vm` serves.
+fn announce(vm: &Instance) -> Result<()> {
     let measured = vm.measured_boot();
     eprintln!(
         "tuk: vTPM {} ({}), measured launch {} ms: PCR 4 kernel sha256:{}, PCR 5 boot config sha256:{}; event log {}",
@@ -360,41 +606,37 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         boot_ms: vm.boot_ms(),
         guest_boot_us: vm.guest_boot_us(),
         console_log: vm.console_log_path(),
-    })?;
+        instance: tuk_launcher::InstanceInfo::path(vm.state_dir()),
+    })
+}
 
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            eprintln!("tuk: stopping (console: shutdown)");
-            let exit = vm.shutdown(Duration::from_secs(args.shutdown_timeout))?;
-            if !exit.is_clean() {
-                eprintln!("tuk: unclean stop: {exit}");
-            }
-            emit(&Event::Stopped {
-                reason: "signal",
-                clean: exit.is_clean(),
-                exit_status: exit.code(),
-            })?;
-            return Ok(if exit.is_clean() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
-        }
-        if let Some(exit) = vm.exit_kind()? {
-            eprintln!("tuk: the VM stopped by itself: {exit}");
-            if exit.is_clean() {
-                eprintln!("--- console (last lines) ---");
-                for line in vm.console_tail() {
-                    eprintln!("  | {line}");
-                }
-            }
-            emit(&Event::Stopped {
-                reason: "vm-exited",
-                clean: false,
-                exit_status: exit.code(),
-            })?;
-            return Ok(ExitCode::from(1));
-        }
-        thread::sleep(Duration::from_millis(100));
+/// Starts the out-of-guest monitor for `vm` (unless `--monitor-interval 0`); its violations
+/// and errors arrive on the returned channel (one channel per VM, so nothing from a VM that was
+/// restarted reaches its successor).
+fn start_monitor(
+    vm: &Instance,
+    args: &RunArgs,
+) -> Result<Option<(MonitorThread, mpsc::Receiver<monitor::Event>)>> {
+    if args.monitor_interval == 0 {
+        return Ok(None);
     }
+    let m = vm
+        .monitor()
+        .context("cannot start the out-of-guest monitor")?;
+    let bytes: u64 = m.image().segments.iter().map(|s| s.len).sum();
+    eprintln!(
+        "tuk: out-of-guest monitor: kernel text and read-only data ({bytes} bytes) in {} every {} ms, policy {}",
+        m.memory_file().display(),
+        args.monitor_interval,
+        args.monitor_policy.as_str()
+    );
+    let (tx, rx) = mpsc::channel();
+    let thread = m
+        .spawn(Duration::from_millis(args.monitor_interval), move |e| {
+            if !matches!(e, monitor::Event::Checked(_)) {
+                let _ = tx.send(e);
+            }
+        })
+        .context("cannot start the monitor thread")?;
+    Ok(Some((thread, rx)))
 }

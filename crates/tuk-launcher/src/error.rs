@@ -103,6 +103,9 @@ pub enum LaunchError {
 
     #[error("boot pack {path}: {reason}")]
     BadBootPack { path: PathBuf, reason: String },
+
+    #[error("guest RAM is a file in {path}, which is not a directory: mount a tmpfs there, or set TUK_MEMORY_DIR to a tmpfs directory (not a disk: the file holds all guest memory)")]
+    MemoryDir { path: PathBuf },
 }
 
 impl LaunchError {

@@ -11,6 +11,10 @@
 //! `tpm-crb` device and the guest resumes the TPM with TPM2_Startup(STATE). The launcher's
 //! event-log records reach the kernel as the boot pack's `_eventlog` entry, so a boot pack is
 //! always passed.
+//!
+//! Guest RAM is a file QEMU maps shared ([`crate::memory_file`]), removed as soon as the
+//! launcher sees QEMU exit (any wait, shutdown or kill, or dropping the [`Instance`]). Once the VM is ready, `<state_dir>/instance.json` ([`InstanceInfo`]) tells other
+//! processes (`tuk tamper`) where it is; it is removed when the VM ends.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -28,8 +32,11 @@ use crate::console::Capture;
 use crate::error::tail;
 use crate::health::{self, Health, HEALTH_PATH};
 use crate::measured::{self, BootConfig, LauncherMeasurements, Record, EVENTLOG_FILE};
+use crate::memory_file::{self, MemoryFile};
+use crate::monitor::{KernelImage, Monitor, MonitorError};
 use crate::qemu::{self, Accel};
 use crate::LaunchError;
+use serde::{Deserialize, Serialize};
 use tuk_vtpm::{Swtpm, Tools, VtpmPaths};
 
 /// The console copy inside the state directory.
@@ -42,6 +49,8 @@ pub const STDERR_LOG: &str = "qemu-stderr.log";
 pub const BOOT_DIR: &str = "boot";
 pub const BOOT_KERNEL: &str = "tuk-kernel";
 pub const BOOT_PACK: &str = "initrd.pack";
+/// Where a running instance is described for other processes ([`InstanceInfo`]).
+pub const INSTANCE_FILE: &str = "instance.json";
 /// QEMU's exit status after the kernel wrote 0x10 to isa-debug-exit.
 pub const EXIT_CLEAN: i32 = 33;
 /// QEMU's exit status after a kernel fault or panic (0x01 to isa-debug-exit).
@@ -86,6 +95,9 @@ pub struct RunConfig {
     /// When set (e.g. by a signal handler), a boot in progress is abandoned: QEMU is killed and
     /// [`LaunchError::Cancelled`] returned.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Where guest RAM's file goes (default [`memory_file::default_dir`]: `$TUK_MEMORY_DIR`,
+    /// else `/dev/shm`). Must be tmpfs: the file holds all guest memory.
+    pub memory_dir: PathBuf,
 }
 
 impl RunConfig {
@@ -106,6 +118,7 @@ impl RunConfig {
             boot_pack: None,
             vtpm_ca_dir: tuk_vtpm::default_ca_dir(),
             cancel: None,
+            memory_dir: memory_file::default_dir(),
         }
     }
 
@@ -217,6 +230,54 @@ pub struct MeasuredBoot {
     /// The measured launch (swtpm, Startup, 2 extends, Shutdown(STATE), exit) plus starting
     /// the swtpm QEMU uses: what the vTPM adds to every boot.
     pub launch_ms: u64,
+}
+
+/// `<state_dir>/instance.json`: a ready instance, for other processes (`tuk tamper`). Written
+/// when the VM answers health, removed when it ends (docs/contracts.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// `http://<ip>:<port>`.
+    pub url: String,
+    /// QEMU's pid.
+    pub pid: u32,
+    /// The pid of the process that owns the [`Instance`] (`tuk run`, a test).
+    pub launcher_pid: u32,
+    /// The kernel image QEMU loaded (the measured copy in the state directory).
+    pub kernel: PathBuf,
+    /// Its SHA-256 (hex): PCR 4's event digest.
+    pub kernel_sha256: String,
+    /// Guest RAM: guest-physical address P (below 3 GiB) is file offset P.
+    pub memory_file: PathBuf,
+    pub memory_bytes: u64,
+    pub state_dir: PathBuf,
+}
+
+impl InstanceInfo {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(INSTANCE_FILE)
+    }
+
+    /// Reads `<state_dir>/instance.json`.
+    pub fn read(state_dir: &Path) -> io::Result<InstanceInfo> {
+        let bytes = fs::read(Self::path(state_dir))?;
+        serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// The address in [`InstanceInfo::url`].
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.url.strip_prefix("http://")?.parse().ok()
+    }
+
+    /// Written to a temporary name and renamed, so readers never see half a document.
+    fn write(&self) -> io::Result<PathBuf> {
+        let path = Self::path(&self.state_dir);
+        let tmp = self.state_dir.join(format!("{INSTANCE_FILE}.tmp"));
+        let mut json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        json.push(b'\n');
+        fs::write(&tmp, json)?;
+        fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
 }
 
 /// Inputs read once per [`Instance::start`] (not per boot attempt).
@@ -332,6 +393,12 @@ pub struct Instance {
     stderr: Capture,
     pumps: Vec<JoinHandle<()>>,
     kvm_fallback: Option<String>,
+    /// Guest RAM; removed when QEMU has exited.
+    memory: MemoryFile,
+    /// What `instance.json` says (written once the VM is ready).
+    info: InstanceInfo,
+    /// `instance.json`, while this instance's is there.
+    info_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for Instance {
@@ -358,6 +425,7 @@ impl Instance {
             &cfg.kernel,
             Accel::Tcg,
             cfg.memory_mib,
+            &cfg.memory_dir,
             cfg.listen,
             &cfg.kernel_args,
         )?;
@@ -369,6 +437,7 @@ impl Instance {
             });
         }
         prepare_state_dir(&cfg.state_dir)?;
+        memory_file::sweep_stale(&cfg.memory_dir);
         let prep = Prepared::new(&cfg)?;
         match cfg.accel {
             Accel::Tcg => Self::boot(&cfg, &prep, &program, Accel::Tcg, cfg.boot_timeout),
@@ -425,17 +494,23 @@ impl Instance {
                 .unwrap_or_default();
             kernel_args.push(("time.unix_ms".into(), now.as_millis().to_string()));
         }
+        let memory = MemoryFile::create(
+            &cfg.memory_dir,
+            cfg.listen.port(),
+            u64::from(cfg.memory_mib) << 20,
+        )?;
         let mut argv = qemu::qemu_args(
             &prep.kernel,
             accel,
             cfg.memory_mib,
+            memory.path(),
             cfg.listen,
             &kernel_args,
         )?;
 
         // The measurements, from the argv itself, and their event log.
         let boot_config = BootConfig::from_argv(&argv, Some(prep.components_sha256.clone()))
-            .expect("qemu_args has -append, -m, -M and -cpu exactly once");
+            .expect("qemu_args has -append, -m, -M, -cpu and the memory backend exactly once");
         let m = LauncherMeasurements::new(
             &prep.kernel_name,
             prep.kernel_size,
@@ -508,6 +583,17 @@ impl Instance {
             }
         };
 
+        let addr = connectable(cfg.listen);
+        let info = InstanceInfo {
+            url: format!("http://{addr}"),
+            pid: child.id(),
+            launcher_pid: std::process::id(),
+            kernel: prep.kernel.clone(),
+            kernel_sha256: measured::hex(&prep.kernel_sha256),
+            memory_file: memory.path().to_owned(),
+            memory_bytes: memory.bytes(),
+            state_dir: cfg.state_dir.clone(),
+        };
         let mut instance = Instance {
             stdin: child.stdin.take(),
             child,
@@ -515,7 +601,7 @@ impl Instance {
             measured,
             status: None,
             accel,
-            addr: connectable(cfg.listen),
+            addr,
             boot_ms: 0,
             guest_boot_us: None,
             console_log,
@@ -523,9 +609,17 @@ impl Instance {
             stderr,
             pumps,
             kvm_fallback: None,
+            memory,
+            info,
+            info_file: None,
         };
-        // On error `instance` is dropped here, which kills QEMU.
+        // On error `instance` is dropped here, which kills QEMU (and removes its RAM file).
         instance.wait_ready(started, timeout, cfg.cancel.as_deref())?;
+        let path = instance
+            .info
+            .write()
+            .map_err(|e| LaunchError::io("cannot write", InstanceInfo::path(&cfg.state_dir), e))?;
+        instance.info_file = Some(path);
         Ok(instance)
     }
 
@@ -655,10 +749,15 @@ impl Instance {
         Ok(status)
     }
 
-    /// Records the exit and lets the capture threads drain what QEMU wrote last.
+    /// Records the exit, removes guest RAM's file and `instance.json`, and lets the capture
+    /// threads drain what QEMU wrote last.
     fn exited(&mut self, status: ExitStatus) {
         self.status = Some(status);
         self.stdin = None;
+        self.memory.remove();
+        if let Some(path) = self.info_file.take() {
+            let _ = fs::remove_file(path);
+        }
         if let Some(swtpm) = self.swtpm.as_mut() {
             // QEMU's exit closed swtpm's command channel; `--terminate` ends swtpm.
             swtpm.reap(SWTPM_GRACE);
@@ -751,6 +850,45 @@ impl Instance {
     pub fn health(&self, timeout: Duration) -> io::Result<Health> {
         health::fetch(self.addr, timeout)
     }
+
+    /// What `instance.json` says about this instance (kept after the VM ended; the file is not).
+    pub fn info(&self) -> &InstanceInfo {
+        &self.info
+    }
+
+    /// The state directory (holds `instance.json` while the VM runs).
+    pub fn state_dir(&self) -> &Path {
+        &self.info.state_dir
+    }
+
+    /// Guest RAM's file (gone once the VM has ended).
+    pub fn memory_file(&self) -> &Path {
+        self.memory.path()
+    }
+
+    /// The kernel image QEMU loaded (the measured copy).
+    pub fn kernel_image(&self) -> &Path {
+        &self.info.kernel
+    }
+
+    /// An out-of-guest monitor for this VM: the loaded image against guest RAM
+    /// (docs/measurement.md); [`Monitor::spawn`] runs it on an interval. The reference is the
+    /// image measured into PCR 4: the file is refused if its SHA-256 changed since.
+    pub fn monitor(&self) -> Result<Monitor, MonitorError> {
+        let path = &self.info.kernel;
+        let bytes = fs::read(path).map_err(|cause| MonitorError::Io {
+            what: "cannot read the kernel image",
+            path: path.clone(),
+            cause,
+        })?;
+        if measured::hex(&measured::sha256(&bytes)) != self.info.kernel_sha256 {
+            return Err(MonitorError::Elf {
+                path: path.clone(),
+                reason: "it changed since it was measured and loaded".into(),
+            });
+        }
+        Monitor::with_image(KernelImage::parse(path, &bytes)?, self.memory.path())
+    }
 }
 
 impl Drop for Instance {
@@ -802,6 +940,8 @@ fn prepare_state_dir(dir: &Path) -> Result<(), LaunchError> {
         "console-kvm.log",
         "qemu-stderr-kvm.log",
         EVENTLOG_FILE,
+        // Left by a launcher that was killed (SIGKILL): no instance runs here now.
+        INSTANCE_FILE,
     ] {
         match fs::remove_file(dir.join(stale)) {
             Ok(()) => {}

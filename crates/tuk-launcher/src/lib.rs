@@ -12,8 +12,13 @@
 //! - [`measured`]: the launcher's measurements (PCR 4 kernel, PCR 5 boot configuration) and
 //!   their CEL-JSON event-log records (docs/measurement.md); `tuk-vtpm` runs the swtpm.
 //! - [`instance`]: [`Instance::start`] manufactures the VM's vTPM on first use, measures the
-//!   launch into it, boots and waits for readiness; [`Instance::shutdown`] stops cleanly;
-//!   dropping an [`Instance`] kills QEMU (and its swtpm), so no process outlives its owner.
+//!   launch into it, boots and waits for readiness, writes `instance.json`;
+//!   [`Instance::shutdown`] stops cleanly; dropping an [`Instance`] kills QEMU (and its swtpm),
+//!   so no process outlives its owner.
+//! - [`memory_file`]: guest RAM as a shared file on tmpfs (0600, removed when QEMU exits).
+//! - [`monitor`]: out-of-guest measurement: the kernel image's read-only segments against
+//!   guest RAM, on an interval.
+//! - [`tamper`]: the attack tool behind `tuk tamper` (writes guest RAM), for testing detection.
 //!
 //! Errors are one enum, [`LaunchError`], whose messages say what to do next.
 
@@ -23,10 +28,13 @@ pub mod health;
 pub mod instance;
 pub mod kernel;
 pub mod measured;
+pub mod memory_file;
+pub mod monitor;
 pub mod qemu;
+pub mod tamper;
 
 pub use error::LaunchError;
 pub use health::Health;
-pub use instance::{ExitKind, Instance, RunConfig};
+pub use instance::{ExitKind, Instance, InstanceInfo, RunConfig};
 pub use kernel::{KernelImage, KernelSource, Toolchain};
 pub use qemu::Accel;

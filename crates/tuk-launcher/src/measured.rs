@@ -39,12 +39,18 @@ pub struct BootConfig {
     pub cpu: String,
     /// `-M`.
     pub machine: String,
+    /// The `-object memory-backend-*` that is guest RAM (`-M ...,memory-backend=ram`), without
+    /// its `mem-path=` (a host file name that changes every boot, like the log files):
+    /// `memory-backend-file,id=ram,size=<N>M,share=on` says guest RAM is a file the host maps
+    /// shared, which is what the out-of-guest monitor reads.
+    pub memory_backend: String,
     /// `-m`.
     pub memory_mib: u32,
 }
 
 impl BootConfig {
-    /// Reads `-append`, `-m`, `-M` and `-cpu` out of QEMU's argv (each must be there once).
+    /// Reads `-append`, `-m`, `-M`, `-cpu` and the memory backend's `-object` out of QEMU's
+    /// argv (each must be there once).
     pub fn from_argv(
         argv: &[OsString],
         boot_pack_sha256: Option<String>,
@@ -60,11 +66,22 @@ impl BootConfig {
                 (Some(_), Some(_)) => Err(format!("QEMU's argv has {flag} twice")),
             }
         };
+        let mut backends = argv
+            .windows(2)
+            .filter(|w| w[0] == "-object")
+            .map(|w| w[1].to_string_lossy().into_owned())
+            .filter(|v| v.starts_with("memory-backend-"));
+        let memory_backend = match (backends.next(), backends.next()) {
+            (Some(v), None) => without_option(&v, "mem-path"),
+            (None, _) => return Err("QEMU's argv has no -object memory-backend-*".into()),
+            (Some(_), Some(_)) => return Err("QEMU's argv has two -object memory-backend-*".into()),
+        };
         Ok(BootConfig {
             boot_pack_sha256,
             cmdline: value("-append")?,
             cpu: value("-cpu")?,
             machine: value("-M")?,
+            memory_backend,
             memory_mib: value("-m")?
                 .parse()
                 .map_err(|_| "QEMU's -m is not a number of MiB".to_owned())?,
@@ -75,6 +92,29 @@ impl BootConfig {
     pub fn canonical_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a struct of strings and integers serializes")
     }
+}
+
+/// A QEMU option value (`a=1,b=2`, a literal comma doubled) without its `key=` option.
+fn without_option(value: &str, key: &str) -> String {
+    let mut options = Vec::new();
+    let mut current = String::new();
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                current.push_str(",,");
+                continue;
+            }
+            options.push(std::mem::take(&mut current));
+        } else {
+            current.push(c);
+        }
+    }
+    options.push(current);
+    let prefix = format!("{key}=");
+    options.retain(|o| !o.starts_with(&prefix));
+    options.join(",")
 }
 
 /// The launcher's two measurements and their records.
@@ -164,6 +204,7 @@ mod tests {
             Path::new("/k"),
             Accel::Tcg,
             96,
+            Path::new("/dev/shm/a,b.ram"),
             "127.0.0.1:8080".parse().unwrap(),
             &[
                 ("log".into(), "debug".into()),
@@ -180,11 +221,16 @@ mod tests {
         assert_eq!(doc.memory_mib, 96);
         assert_eq!(doc.machine, qemu::MACHINE);
         assert_eq!(doc.cpu, qemu::CPU);
+        // The host path of the RAM file (even one with a comma) is not part of it.
+        assert_eq!(
+            doc.memory_backend,
+            "memory-backend-file,id=ram,size=96M,share=on"
+        );
         // Canonical: compact, keys sorted.
         assert_eq!(
             String::from_utf8(doc.canonical_json()).unwrap(),
             format!(
-                r#"{{"boot_pack_sha256":"{}","cmdline":"log=debug time.unix_ms=1","cpu":"max","machine":"microvm,x-option-roms=off,rtc=off,acpi=off","memory_mib":96}}"#,
+                r#"{{"boot_pack_sha256":"{}","cmdline":"log=debug time.unix_ms=1","cpu":"max","machine":"microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=ram","memory_backend":"memory-backend-file,id=ram,size=96M,share=on","memory_mib":96}}"#,
                 "ab".repeat(32)
             )
         );
@@ -194,6 +240,14 @@ mod tests {
         let mut twice = argv();
         twice.extend(["-m".into(), "1".into()]);
         assert!(BootConfig::from_argv(&twice, None).is_err());
+        let mut two_backends = argv();
+        two_backends.extend(["-object".into(), "memory-backend-ram,id=x".into()]);
+        assert!(BootConfig::from_argv(&two_backends, None).is_err());
+        assert_eq!(
+            without_option("a=1,mem-path=/x,,y,b=2", "mem-path"),
+            "a=1,b=2"
+        );
+        assert_eq!(without_option("a=x,,y,c", "b"), "a=x,,y,c");
     }
 
     #[test]

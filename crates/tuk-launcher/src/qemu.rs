@@ -11,8 +11,15 @@ use crate::LaunchError;
 
 /// The guest port the kernel listens on unless `port=` says otherwise (contracts.md).
 pub const DEFAULT_GUEST_PORT: u16 = 80;
-/// `-M`: part of the measured boot configuration (PCR 5).
-pub const MACHINE: &str = "microvm,x-option-roms=off,rtc=off,acpi=off";
+/// `-M`: part of the measured boot configuration (PCR 5). Guest RAM is the memory backend
+/// [`MEMORY_BACKEND_ID`] (see [`memory_backend`]).
+pub const MACHINE: &str = "microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=ram";
+/// The `id=` of the `-object memory-backend-file` that is guest RAM.
+pub const MEMORY_BACKEND_ID: &str = "ram";
+/// Guest-physical addresses below this are at the same offset in the memory file: microvm
+/// maps the first 3 GiB of RAM at 0 (RAM beyond that goes above 4 GiB, which tuk never
+/// configures). Verified for the kernel's segments at 1 MiB (docs/platform.md).
+pub const LOW_RAM_LIMIT: u64 = 3 << 30;
 /// `-cpu`: must have the CPU features the AOT-compiled components use (tuk-engine); measured.
 pub const CPU: &str = "max";
 
@@ -158,12 +165,29 @@ fn guest_target(args: &[(String, String)]) -> Result<(String, u16), LaunchError>
     Ok((ip, port))
 }
 
+/// Escapes a value for QEMU's option syntax (`,` is doubled).
+fn qemu_value(path: &Path) -> String {
+    path.to_string_lossy().replace(',', ",,")
+}
+
+/// The value of the `-object` that backs guest RAM: a file QEMU maps shared, so a host process
+/// (the out-of-guest monitor, `tuk tamper`) sees guest RAM in it: guest-physical address `P`
+/// (below [`LOW_RAM_LIMIT`]) is file offset `P`.
+pub fn memory_backend(memory_mib: u32, memory_file: &Path) -> String {
+    format!(
+        "memory-backend-file,id={MEMORY_BACKEND_ID},size={memory_mib}M,mem-path={},share=on",
+        qemu_value(memory_file)
+    )
+}
+
 /// The arguments after the program name, exactly as docs/contracts.md lists them.
-/// `accel` must be resolved (not [`Accel::Auto`]).
+/// `accel` must be resolved (not [`Accel::Auto`]). `memory_file` backs guest RAM
+/// ([`memory_backend`]); QEMU sizes it.
 pub fn qemu_args(
     kernel: &Path,
     accel: Accel,
     memory_mib: u32,
+    memory_file: &Path,
     listen: SocketAddr,
     kernel_args: &[(String, String)],
 ) -> Result<Vec<OsString>, LaunchError> {
@@ -187,6 +211,7 @@ pub fn qemu_args(
     let cmdline = kernel_cmdline(kernel_args)?;
     let (guest_ip, guest_port) = guest_target(kernel_args)?;
     let memory = memory_mib.to_string();
+    let backend = memory_backend(memory_mib, memory_file);
     let netdev = format!(
         "user,id=net0,hostfwd=tcp:{listen_ip}:{}-{guest_ip}:{guest_port}",
         listen.port()
@@ -198,6 +223,7 @@ pub fn qemu_args(
         "-cpu", CPU,
         "-smp", "1",
         "-m", &memory,
+        "-object", &backend,
         "-nodefaults", "-no-user-config",
         "-display", "none",
         "-monitor", "none",
@@ -219,7 +245,7 @@ pub fn qemu_args(
 /// The vTPM: a TPM 2.0 CRB device (MMIO 0xFED40000) backed by the VM's swtpm, reached over
 /// its control socket. QEMU option values double commas to carry them.
 pub fn vtpm_args(swtpm_ctrl: &Path) -> Vec<OsString> {
-    let path = swtpm_ctrl.to_string_lossy().replace(',', ",,");
+    let path = qemu_value(swtpm_ctrl);
     [
         "-chardev".to_owned(),
         format!("socket,id=chrtpm,path={path}"),
@@ -251,6 +277,7 @@ mod tests {
             Path::new("/k/tuk-kernel"),
             Accel::Tcg,
             64,
+            Path::new("/dev/shm/tuk-1-8080-0.ram"),
             "127.0.0.1:8080".parse().unwrap(),
             &args,
         )
@@ -261,13 +288,15 @@ mod tests {
                 "-accel",
                 "tcg",
                 "-M",
-                "microvm,x-option-roms=off,rtc=off,acpi=off",
+                "microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=ram",
                 "-cpu",
                 "max",
                 "-smp",
                 "1",
                 "-m",
                 "64",
+                "-object",
+                "memory-backend-file,id=ram,size=64M,mem-path=/dev/shm/tuk-1-8080-0.ram,share=on",
                 "-nodefaults",
                 "-no-user-config",
                 "-display",
@@ -315,6 +344,7 @@ mod tests {
             Path::new("k"),
             Accel::Kvm,
             256,
+            Path::new("/m/a,b.ram"),
             "0.0.0.0:9000".parse().unwrap(),
             &[],
         )
@@ -322,6 +352,11 @@ mod tests {
         let v = s(&argv);
         assert_eq!(&v[..2], ["-accel", "kvm"]);
         assert!(v.windows(2).any(|w| w == ["-m", "256"]));
+        assert!(v.windows(2).any(|w| w
+            == [
+                "-object",
+                "memory-backend-file,id=ram,size=256M,mem-path=/m/a,,b.ram,share=on"
+            ]));
         assert!(v.contains(&"user,id=net0,hostfwd=tcp:0.0.0.0:9000-:80"));
         assert_eq!(&v[v.len() - 2..], ["-append", ""]);
     }
@@ -336,6 +371,7 @@ mod tests {
             Path::new("k"),
             Accel::Tcg,
             64,
+            Path::new("m"),
             "127.0.0.1:1234".parse().unwrap(),
             &args,
         )
@@ -346,15 +382,16 @@ mod tests {
     #[test]
     fn rejects_what_cannot_be_carried() {
         let k = Path::new("k");
-        let v6 = qemu_args(k, Accel::Tcg, 64, "[::1]:80".parse().unwrap(), &[]);
+        let v6 = qemu_args(k, Accel::Tcg, 64, k, "[::1]:80".parse().unwrap(), &[]);
         assert!(matches!(v6, Err(LaunchError::BadListen { .. })));
-        let p0 = qemu_args(k, Accel::Tcg, 64, "127.0.0.1:0".parse().unwrap(), &[]);
+        let p0 = qemu_args(k, Accel::Tcg, 64, k, "127.0.0.1:0".parse().unwrap(), &[]);
         assert!(matches!(p0, Err(LaunchError::BadListen { .. })));
         for (key, val) in [("log", "a b"), ("", "x"), ("k", "\"q\""), ("port", "0")] {
             let r = qemu_args(
                 k,
                 Accel::Tcg,
                 64,
+                k,
                 "127.0.0.1:1".parse().unwrap(),
                 &[(key.to_owned(), val.to_owned())],
             );

@@ -47,6 +47,7 @@ fn measurements(kernel: &[u8], unix_ms: &str) -> LauncherMeasurements {
         Path::new("/boot/tuk-kernel"),
         Accel::Tcg,
         64,
+        Path::new("/dev/shm/tuk-test.ram"),
         "127.0.0.1:8080".parse().unwrap(),
         &[("time.unix_ms".into(), unix_ms.into())],
     )

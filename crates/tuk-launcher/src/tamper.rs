@@ -1,0 +1,422 @@
+//! An attack tool, for testing detection only (`tuk tamper`): writes bytes into a running
+//! guest's RAM from the host, through the memory file QEMU maps shared, as an attacker with
+//! hypervisor-level access would. The in-guest integrity monitor (`/_tuk/status`) and the
+//! out-of-guest monitor ([`crate::monitor`]) must both notice.
+//!
+//! Targets are found the way an attacker would find them: the kernel's segments from the image
+//! (`instance.json` names it), components' code and data from what the guest reports in
+//! `GET /_tuk/status` (docs/contracts.md). Guest-virtual addresses are guest-physical (the
+//! kernel identity-maps RAM), and guest-physical address P is file offset P.
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::instance::InstanceInfo;
+use crate::measured::hex;
+use crate::monitor::{KernelImage, MonitorError};
+use crate::qemu::LOW_RAM_LIMIT;
+
+/// The path of the guest's integrity report.
+pub const STATUS_PATH: &str = "/_tuk/status";
+/// At most this many bytes per write.
+pub const MAX_BYTES: usize = 4096;
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to overwrite.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `kernel:text`, `kernel:rodata`: a read-only segment of the kernel image, offset from its
+    /// `p_paddr`.
+    Kernel(String),
+    /// `component:NAME:code`: the component's compiled code image (`code.addr` in the status).
+    ComponentCode(String),
+    /// `component:NAME:data`: its first immutable data range (`.rodata` in linear memory).
+    ComponentData(String),
+}
+
+impl FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split(':').collect();
+        match parts.as_slice() {
+            ["kernel", seg @ ("text" | "rodata")] => Ok(Target::Kernel((*seg).to_owned())),
+            ["component", name, "code"] if !name.is_empty() => {
+                Ok(Target::ComponentCode((*name).to_owned()))
+            }
+            ["component", name, "data"] if !name.is_empty() => {
+                Ok(Target::ComponentData((*name).to_owned()))
+            }
+            _ => Err(format!(
+                "unknown target `{s}` (expected kernel:text, kernel:rodata, \
+                 component:NAME:code or component:NAME:data)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Kernel(seg) => write!(f, "kernel:{seg}"),
+            Target::ComponentCode(n) => write!(f, "component:{n}:code"),
+            Target::ComponentData(n) => write!(f, "component:{n}:data"),
+        }
+    }
+}
+
+/// What [`tamper`] wrote; serializes as the `tampered` event of docs/contracts.md (with
+/// `event` added by the CLI).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tampered {
+    pub target: String,
+    /// Guest-physical address of the first byte written.
+    pub paddr: u64,
+    /// The offset asked for, within the target.
+    pub offset: u64,
+    #[serde(serialize_with = "as_hex")]
+    pub old: Vec<u8>,
+    #[serde(serialize_with = "as_hex")]
+    pub new: Vec<u8>,
+}
+
+fn as_hex<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex(bytes))
+}
+
+impl fmt::Display for Tampered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}+{} at paddr {:#x}: {} -> {}",
+            self.target,
+            self.offset,
+            self.paddr,
+            hex(&self.old),
+            hex(&self.new)
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TamperError {
+    #[error("no running instance in {dir} ({cause}): start one with `tuk run --state-dir {dir}`", dir = .dir.display())]
+    NoInstance { dir: PathBuf, cause: io::Error },
+    #[error("the instance in {dir} is not running (QEMU pid {pid} is gone; instance.json is stale)", dir = .dir.display())]
+    NotRunning { dir: PathBuf, pid: u32 },
+    #[error("{0}")]
+    Kernel(#[from] MonitorError),
+    #[error("the kernel image has no `{0}` segment")]
+    NoSegment(String),
+    #[error("GET {url}{STATUS_PATH}: {reason}")]
+    Status { url: String, reason: String },
+    #[error("no component `{name}` in the guest's status (it has: {known})")]
+    NoComponent { name: String, known: String },
+    #[error("component `{name}` has no {what} in the guest's status; {hint}")]
+    NoRange {
+        name: String,
+        what: &'static str,
+        hint: &'static str,
+    },
+    #[error("{target}: offset {offset} + {len} byte(s) is outside the target ({size} bytes)")]
+    OutOfBounds {
+        target: String,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    #[error("paddr {paddr:#x} + {len} is outside guest RAM's file ({memory_bytes} bytes, the first {LOW_RAM_LIMIT} addressed 1:1)")]
+    OutsideRam {
+        paddr: u64,
+        len: u64,
+        memory_bytes: u64,
+    },
+    #[error("bytes to write: {0}")]
+    BadBytes(String),
+    #[error("{what} {path}: {cause}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        cause: io::Error,
+    },
+}
+
+/// Parses `--bytes`: hex, 1 to [`MAX_BYTES`] bytes.
+pub fn parse_hex(s: &str) -> Result<Vec<u8>, TamperError> {
+    let bad = |m: &str| TamperError::BadBytes(format!("`{s}`: {m}"));
+    if s.is_empty() || s.len() % 2 != 0 {
+        return Err(bad("expected an even number of hex digits"));
+    }
+    if s.len() / 2 > MAX_BYTES {
+        return Err(bad("too long"));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|d| u8::from_str_radix(d, 16).ok())
+                .ok_or_else(|| bad("not hex"))
+        })
+        .collect()
+}
+
+/// Where `target` + `offset` is, as a guest-physical address, checking that `len` bytes fit
+/// inside the target.
+pub fn locate(
+    info: &InstanceInfo,
+    target: &Target,
+    offset: u64,
+    len: u64,
+) -> Result<u64, TamperError> {
+    let (base, size) = match target {
+        Target::Kernel(seg) => {
+            let image = KernelImage::load(&info.kernel)?;
+            let s = image
+                .segment(seg)
+                .ok_or_else(|| TamperError::NoSegment(seg.clone()))?;
+            (s.paddr, s.len)
+        }
+        Target::ComponentCode(_) | Target::ComponentData(_) => {
+            component_range(&guest_status(info)?, target)?
+        }
+    };
+    if offset.checked_add(len).is_some_and(|end| end <= size) {
+        Ok(base + offset)
+    } else {
+        Err(TamperError::OutOfBounds {
+            target: target.to_string(),
+            offset,
+            len,
+            size,
+        })
+    }
+}
+
+/// A component target's `(guest-physical address, length)` from the guest's status document:
+/// `code` is `instances[i].code.{addr,len}`; `data` is `instances[i].immutable[0]`, at
+/// `memory.base + offset`.
+pub fn component_range(
+    status: &serde_json::Value,
+    target: &Target,
+) -> Result<(u64, u64), TamperError> {
+    let (name, code) = match target {
+        Target::ComponentCode(n) => (n, true),
+        Target::ComponentData(n) => (n, false),
+        Target::Kernel(_) => unreachable!("a kernel target is not in the status"),
+    };
+    let instance = find_instance(status, name)?;
+    let num = |v: Option<&serde_json::Value>, key: &str| v?.get(key)?.as_u64();
+    let missing = |what, hint| TamperError::NoRange {
+        name: name.clone(),
+        what,
+        hint,
+    };
+    if code {
+        let c = instance.get("code");
+        return match (num(c, "addr"), num(c, "len")) {
+            (Some(addr), Some(len)) => Ok((addr, len)),
+            _ => Err(missing(
+                "code image (code.addr, code.len)",
+                "the kernel's /_tuk/status is not the documented one",
+            )),
+        };
+    }
+    let base = num(instance.get("memory"), "base")
+        .ok_or_else(|| missing("linear memory (memory.base)", "it exports no memory"))?;
+    let first = instance
+        .get("immutable")
+        .and_then(|r| r.as_array())
+        .and_then(|r| r.first());
+    match (num(first, "offset"), num(first, "len")) {
+        (Some(at), Some(len)) => Ok((base + at, len)),
+        _ => Err(missing(
+            "immutable data range (immutable[0])",
+            "its signed .wasm declares none (unsigned development mode, or a name section \
+             without .rodata segment names)",
+        )),
+    }
+}
+
+/// `tuk tamper`: finds the instance in `state_dir`, locates the target and writes `bytes`
+/// there (default: the byte there XOR 0xFF, one flipped byte). Returns what was there and
+/// what is now.
+pub fn tamper(
+    state_dir: &Path,
+    target: &Target,
+    offset: u64,
+    bytes: Option<&[u8]>,
+) -> Result<Tampered, TamperError> {
+    let info = InstanceInfo::read(state_dir).map_err(|cause| TamperError::NoInstance {
+        dir: state_dir.into(),
+        cause,
+    })?;
+    if !Path::new("/proc").join(info.pid.to_string()).exists() {
+        return Err(TamperError::NotRunning {
+            dir: state_dir.into(),
+            pid: info.pid,
+        });
+    }
+    let len = bytes.map_or(1, <[u8]>::len) as u64;
+    if len == 0 || len > MAX_BYTES as u64 {
+        return Err(TamperError::BadBytes(format!(
+            "1 to {MAX_BYTES} bytes, not {len}"
+        )));
+    }
+    let paddr = locate(&info, target, offset, len)?;
+    let io = |what| {
+        let path = info.memory_file.clone();
+        move |cause| TamperError::Io { what, path, cause }
+    };
+    let ram = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&info.memory_file)
+        .map_err(io("cannot open guest RAM"))?;
+    let memory_bytes = ram.metadata().map_err(io("cannot stat guest RAM"))?.len();
+    if paddr + len > memory_bytes.min(LOW_RAM_LIMIT) {
+        return Err(TamperError::OutsideRam {
+            paddr,
+            len,
+            memory_bytes,
+        });
+    }
+    let mut old = vec![0u8; len as usize];
+    ram.read_exact_at(&mut old, paddr)
+        .map_err(io("cannot read guest RAM"))?;
+    let new = match bytes {
+        Some(b) => b.to_vec(),
+        None => old.iter().map(|b| b ^ 0xFF).collect(),
+    };
+    ram.write_all_at(&new, paddr)
+        .map_err(io("cannot write guest RAM"))?;
+    Ok(Tampered {
+        target: target.to_string(),
+        paddr,
+        offset,
+        old,
+        new,
+    })
+}
+
+/// `GET /_tuk/status` from the guest, as JSON.
+fn guest_status(info: &InstanceInfo) -> Result<serde_json::Value, TamperError> {
+    let bad = |reason: String| TamperError::Status {
+        url: info.url.clone(),
+        reason,
+    };
+    let addr = info
+        .addr()
+        .ok_or_else(|| bad("instance.json's url is not http://IP:PORT".into()))?;
+    let reply =
+        crate::health::get(addr, STATUS_PATH, STATUS_TIMEOUT).map_err(|e| bad(e.to_string()))?;
+    if reply.status != 200 {
+        return Err(bad(format!(
+            "status {}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        )));
+    }
+    serde_json::from_slice(&reply.body).map_err(|e| bad(format!("not JSON: {e}")))
+}
+
+fn find_instance<'a>(
+    status: &'a serde_json::Value,
+    name: &str,
+) -> Result<&'a serde_json::Value, TamperError> {
+    let instances = status
+        .get("instances")
+        .and_then(|i| i.as_array())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    instances
+        .iter()
+        .find(|i| i.get("name").and_then(|n| n.as_str()) == Some(name))
+        .ok_or_else(|| TamperError::NoComponent {
+            name: name.to_owned(),
+            known: {
+                let names: Vec<&str> = instances
+                    .iter()
+                    .filter_map(|i| i.get("name")?.as_str())
+                    .collect();
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            },
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_print() {
+        for s in [
+            "kernel:text",
+            "kernel:rodata",
+            "component:hello:code",
+            "component:kv:data",
+        ] {
+            assert_eq!(s.parse::<Target>().unwrap().to_string(), s);
+        }
+        for s in [
+            "kernel:data",
+            "kernel",
+            "component::code",
+            "component:a:b:code",
+            "component:a:stack",
+        ] {
+            assert!(s.parse::<Target>().is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn hex_bytes() {
+        assert_eq!(parse_hex("00ff10").unwrap(), [0, 0xff, 0x10]);
+        for bad in ["", "abc", "zz", "é1"] {
+            assert!(parse_hex(bad).is_err(), "{bad}");
+        }
+        assert!(parse_hex(&"00".repeat(MAX_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn component_ranges_from_the_status_contract() {
+        let status = serde_json::json!({"interval_ms":100,"policy":"reinstantiate","kernel":{},
+            "instances":[{"name":"hello","state":"trusted","checks":12,"violations":0,
+                "last_check_ms":1234,"code":{"addr":1234567,"len":345678,"sha256":"00"},
+                "memory":{"base":2345678,"bytes":1114112,"limit_bytes":16777216},
+                "immutable":[{"name":".rodata","offset":1048576,"len":4096}]},
+                {"name":"bare","code":{"addr":1,"len":2},"memory":null,"immutable":[]}]});
+        let code = |n: &str| Target::ComponentCode(n.to_owned());
+        let data = |n: &str| Target::ComponentData(n.to_owned());
+        assert_eq!(
+            component_range(&status, &code("hello")).unwrap(),
+            (1234567, 345678)
+        );
+        assert_eq!(
+            component_range(&status, &data("hello")).unwrap(),
+            (2345678 + 1048576, 4096)
+        );
+        assert_eq!(component_range(&status, &code("bare")).unwrap(), (1, 2));
+        let e = component_range(&status, &data("bare")).unwrap_err();
+        assert!(e.to_string().contains("no linear memory"), "{e}");
+        let mut no_ranges = status.clone();
+        no_ranges["instances"][0]["immutable"] = serde_json::json!([]);
+        let e = component_range(&no_ranges, &data("hello")).unwrap_err();
+        assert!(e.to_string().contains("immutable data range"), "{e}");
+        let e = find_instance(&status, "nope").unwrap_err();
+        assert!(e.to_string().contains("hello, bare"), "{e}");
+        assert!(find_instance(&serde_json::json!({}), "x")
+            .unwrap_err()
+            .to_string()
+            .contains("none"));
+    }
+}

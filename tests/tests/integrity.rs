@@ -1,0 +1,340 @@
+//! Run-time integrity, end to end (issue: dynamic integrity measurement): signed components
+//! run under the in-kernel monitor while an attacker with hypervisor-level access (`tuk
+//! tamper`, writing guest RAM through QEMU's shared memory file) changes their code, their
+//! immutable data and the kernel's read-only data. Each change must be:
+//! - detected within the interval plus [`SLACK`];
+//! - recorded once in PCR 10 with a record naming the subject and the check (the event log
+//!   replays to what `tpm2_pcrread` reads after shutdown);
+//! - answered by the policy: `reinstantiate` serves again from the verified bytes (same code
+//!   digest as signed), `quarantine` answers 503 with the reason until a newer version is
+//!   published, `halt` stops the VM with status 65.
+//!
+//! Meanwhile traffic to the untouched components never fails.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tuk_e2e::signing::{build, get, pack, put, sign};
+use tuk_e2e::{boot_full, pcrs_after_shutdown, tamper, Instance};
+use tuk_measure::policy::TrustPolicy;
+use tuk_measure::sign::SigningKey;
+
+/// The monitor's interval in these tests.
+const INTERVAL: Duration = Duration::from_millis(100);
+/// Allowed on top of the interval for detection: a round itself (a few ms), the status poll,
+/// and the scheduling noise of a loaded 2-core CI machine running QEMU TCG.
+const SLACK: Duration = Duration::from_millis(1500);
+
+fn status(vm: &Instance) -> Value {
+    get(vm, "/_tuk/status").json()
+}
+
+fn instance<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no instance {name} in {status}"))
+}
+
+/// Polls the status until `done` holds; returns it and the time taken. Fails after
+/// INTERVAL + SLACK.
+fn wait_for(vm: &Instance, what: &str, done: impl Fn(&Value) -> bool) -> (Value, Duration) {
+    let start = Instant::now();
+    loop {
+        let s = status(vm);
+        if done(&s) {
+            return (s, start.elapsed());
+        }
+        assert!(
+            start.elapsed() <= INTERVAL + SLACK,
+            "{what}: not within {:?}: {s}",
+            INTERVAL + SLACK
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// PCR 10 records in the event log.
+fn integrity_records(vm: &Instance) -> Vec<Value> {
+    let log = get(vm, "/_tuk/eventlog").json();
+    log.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["pcr"] == 10)
+        .cloned()
+        .collect()
+}
+
+fn setup(
+    policy_name: &str,
+    names: &[&str],
+) -> (
+    Instance,
+    SigningKey,
+    std::collections::BTreeMap<String, tuk_e2e::signing::Built>,
+) {
+    let built = build(names);
+    let key = SigningKey::generate().unwrap();
+    let policy = TrustPolicy {
+        keys: vec![key.trusted_key()],
+        allowed_names: None,
+        min_versions: Default::default(),
+    };
+    let bundles: Vec<(&str, Vec<u8>)> = names
+        .iter()
+        .map(|n| (*n, sign(&key, n, "1.0.0", &built[*n])))
+        .collect();
+    let dir = std::env::temp_dir()
+        .join("tuk-e2e")
+        .join(format!("integrity-{policy_name}-{}", std::process::id()));
+    let pack = pack(&dir, &bundles, &policy);
+    let interval = INTERVAL.as_millis().to_string();
+    let vm = boot_full(
+        &format!("integrity-{policy_name}"),
+        &[
+            ("integrity.interval_ms", interval.as_str()),
+            ("integrity.policy", policy_name),
+        ],
+        Some(&pack),
+        96,
+    );
+    (vm, key, built)
+}
+
+/// Requests to `paths` in a loop on one keep-alive connection per request, counting failures.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    handle: thread::JoinHandle<Vec<String>>,
+}
+
+impl Traffic {
+    fn start(vm: &Instance, paths: &'static [&'static str]) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let addr = vm.addr();
+        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let handle = thread::spawn(move || {
+            let mut errors = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                for path in paths {
+                    let r = tuk_e2e::Conn::open(addr).try_get(path);
+                    match r {
+                        Ok(r) if r.status == 200 => {
+                            o.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            f.fetch_add(1, Ordering::Relaxed);
+                            errors.push(format!(
+                                "{path}: {:?}",
+                                other.map(|r| (r.status, r.body_text()))
+                            ));
+                        }
+                    }
+                }
+            }
+            errors
+        });
+        Traffic {
+            stop,
+            ok,
+            failed,
+            handle,
+        }
+    }
+
+    /// Stops and asserts that nothing failed and that traffic actually flowed.
+    fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let errors = self.handle.join().unwrap();
+        let ok = self.ok.load(Ordering::Relaxed);
+        assert!(
+            errors.is_empty(),
+            "untouched components missed requests: {errors:?}"
+        );
+        assert_eq!(self.failed.load(Ordering::Relaxed), 0);
+        assert!(
+            ok >= 10,
+            "only {ok} requests to untouched components went through"
+        );
+        eprintln!("untouched components served {ok} requests, none failed");
+    }
+}
+
+#[test]
+fn tampering_is_detected_recorded_and_repaired() {
+    let (mut vm, _, built) = setup("reinstantiate", &["hello", "kv", "notes"]);
+    let s = status(&vm);
+    let hello = instance(&s, "hello").clone();
+    let signed_code = tuk_measure::hex(&tuk_measure::sha256(&built["hello"].code));
+    assert_eq!(
+        hello["code"]["sha256"],
+        signed_code.as_str(),
+        "the loaded image is the signed code"
+    );
+    assert_eq!(hello["code"]["matches_artifact"], true);
+    assert_eq!(hello["state"], "trusted");
+    assert!(
+        !hello["immutable"].as_array().unwrap().is_empty(),
+        "hello declares .rodata: {hello}"
+    );
+    assert!(
+        integrity_records(&vm).is_empty(),
+        "a healthy instance extends nothing"
+    );
+    // Rounds run, and find nothing.
+    let (s, _) = wait_for(&vm, "three clean rounds", |s| {
+        instance(s, "hello")["checks"].as_u64() >= Some(3)
+    });
+    assert_eq!(instance(&s, "hello")["violations"], 0);
+    assert_eq!(s["kernel"]["violations"], 0);
+
+    let traffic = Traffic::start(&vm, &["/kv/kv", "/notes/notes"]);
+
+    // 1. The code image of hello.
+    let written = tamper(&vm, "component:hello:code", 4096);
+    let (s, took) = wait_for(&vm, "code tamper detected and repaired", |s| {
+        let h = instance(s, "hello");
+        h["violations"] == 1 && h["reinstantiations"] == 1
+    });
+    eprintln!("code tamper ({written}) detected and repaired in {took:?}");
+    let h = instance(&s, "hello");
+    assert_eq!(h["state"], "trusted");
+    assert_eq!(
+        h["code"]["sha256"],
+        signed_code.as_str(),
+        "rebuilt from the verified bytes"
+    );
+    assert!(
+        h["last_violation"]
+            .as_str()
+            .unwrap()
+            .starts_with("code check failed"),
+        "{h}"
+    );
+    assert_eq!(get(&vm, "/hello/").status, 200);
+
+    // 2. Immutable data (.rodata) in hello's linear memory.
+    let written = tamper(&vm, "component:hello:data", 16);
+    let (_, took) = wait_for(&vm, "data tamper detected and repaired", |s| {
+        let h = instance(s, "hello");
+        h["violations"] == 2 && h["reinstantiations"] == 2
+    });
+    eprintln!("data tamper ({written}) detected and repaired in {took:?}");
+    assert_eq!(get(&vm, "/hello/").body_text(), "hello from tuk\n");
+
+    // 3. The kernel's read-only data: a byte inside a message string (changing it cannot crash
+    // the kernel). The kernel cannot repair itself: it reports and records.
+    let offset = tuk_e2e::kernel_rodata_offset_of(b"no component serves this path");
+    tamper(&vm, "kernel:rodata", offset);
+    let (s, took) = wait_for(&vm, "kernel rodata tamper detected", |s| {
+        s["kernel"]["violations"] == 1
+    });
+    eprintln!("kernel rodata tamper detected in {took:?}");
+    assert_eq!(s["kernel"]["state"], "untrusted");
+    assert_eq!(
+        get(&vm, "/_tuk/health").json()["integrity"]["kernel"],
+        "untrusted"
+    );
+    traffic.finish();
+
+    // Exactly one record per violation and per repair, in order.
+    let records = integrity_records(&vm);
+    let summary: Vec<(String, String, String)> = records
+        .iter()
+        .map(|r| {
+            let c = &r["content"];
+            (
+                c["kind"].as_str().unwrap().to_owned(),
+                c["subject"].as_str().unwrap().to_owned(),
+                c["check"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let expect = |k: &str, s: &str, c: &str| (k.to_owned(), s.to_owned(), c.to_owned());
+    assert_eq!(
+        summary,
+        [
+            expect("violation", "component:hello", "code"),
+            expect("reinstantiated", "component:hello", ""),
+            expect("violation", "component:hello", "immutable-data"),
+            expect("reinstantiated", "component:hello", ""),
+            expect("violation", "kernel", "kernel-rodata"),
+        ],
+        "{records:?}"
+    );
+    assert_ne!(
+        records[0]["content"]["expected_sha256"],
+        records[0]["content"]["observed_sha256"]
+    );
+
+    // Each record's digest is the SHA-256 of its content's canonical JSON, and the log
+    // replays to the TPM's PCR 10.
+    let records = tuk_measure::eventlog::parse_log(&get(&vm, "/_tuk/eventlog").body).unwrap();
+    for r in records.iter().filter(|r| r.pcr == 10) {
+        let canonical = serde_json::to_vec(&r.content).unwrap();
+        assert_eq!(
+            r.sha256().unwrap(),
+            tuk_measure::sha256(&canonical),
+            "{:?}",
+            r.content
+        );
+    }
+    let replayed = tuk_measure::eventlog::replay(&records).expect("the event log replays");
+    assert!(vm.shutdown(Duration::from_secs(20)).unwrap().is_clean());
+    let pcrs = pcrs_after_shutdown(&vm, &[10]);
+    assert_eq!(replayed[&10], pcrs[&10], "PCR 10 = replay of its records");
+}
+
+#[test]
+fn quarantine_answers_503_until_a_newer_version_is_published() {
+    let (vm, key, built) = setup("quarantine", &["hello", "kv"]);
+    let traffic = Traffic::start(&vm, &["/hello/"]);
+    tamper(&vm, "component:kv:code", 8192);
+    let (s, _) = wait_for(&vm, "kv quarantined", |s| {
+        instance(s, "kv")["state"] == "untrusted"
+    });
+    assert_eq!(instance(&s, "kv")["reinstantiations"], 0);
+    let r = get(&vm, "/kv/");
+    assert_eq!(r.status, 503);
+    assert!(r.body_text().contains("untrusted"), "{}", r.body_text());
+    // It stays so: later rounds neither repair it nor record it again.
+    thread::sleep(INTERVAL * 3);
+    assert_eq!(get(&vm, "/kv/").status, 503);
+    assert_eq!(integrity_records(&vm).len(), 1);
+    traffic.finish();
+    // A newer signed version replaces it and is trusted.
+    let r = put(&vm, "kv", &sign(&key, "kv", "1.0.1", &built["kv"]));
+    assert_eq!(r.status, 201, "{}", r.body_text());
+    assert_eq!(get(&vm, "/kv/kv").status, 200);
+    assert_eq!(instance(&status(&vm), "kv")["state"], "trusted");
+}
+
+#[test]
+fn halt_policy_stops_the_vm_with_pcr_10_saved() {
+    let (mut vm, _, _) = setup("halt", &["hello"]);
+    tamper(&vm, "component:hello:code", 4096);
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(exit) = vm.exit_kind().unwrap() {
+            break exit;
+        }
+        assert!(start.elapsed() <= INTERVAL + SLACK, "the VM did not halt");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(exit.code(), Some(65), "{exit}");
+    let console = std::fs::read_to_string(vm.console_log_path()).unwrap();
+    assert!(
+        console.contains("integrity halt: component:hello code"),
+        "{console}"
+    );
+    let pcrs = pcrs_after_shutdown(&vm, &[10]);
+    assert_ne!(pcrs[&10], [0u8; 32], "the violation is in PCR 10");
+}
