@@ -1,0 +1,33 @@
+//! The verifier's side of TPM 2.0 attestation, in pure Rust (RustCrypto, no OpenSSL).
+//! docs/attestation.md is the contract: the key hierarchy, the credential activation flow and
+//! what a verifier checks.
+//!
+//! - [`public`]: TPMT_PUBLIC parsing, TPM names, the checks that make a key an AK
+//!   ([`AkPublic`]) or an EK ([`EkPublic`]).
+//! - [`quote`]: TPM2_Quote verification ([`verify_quote`]): the ECDSA signature with the AK,
+//!   then TPMS_ATTEST (magic, type, extraData, PCR selection, pcrDigest).
+//! - [`credential`]: TPM2_MakeCredential in software ([`make_credential`]), TPM 2.0 Part 1
+//!   §24 (KDFa, KDFe, OAEP with label "IDENTITY", AES-CFB, HMAC).
+//! - [`cert`]: EK certificate chains up to the swtpm_localca root ([`verify_ek_certificate`]).
+//!
+//! Inputs are untrusted bytes; every failure is a typed error that says what failed.
+#![forbid(unsafe_code)]
+
+pub mod cert;
+pub mod credential;
+mod hash;
+pub mod public;
+pub mod quote;
+
+pub use cert::{verify_ek_certificate, CertError, EkCertificate};
+pub use credential::{
+    make_credential, make_credential_with_rng, secret_matches, Credential, CredentialError,
+};
+pub use hash::HashAlg;
+pub use public::{AkPublic, EkPublic, PublicError, PublicKey, TpmPublic};
+pub use quote::{pcr_digest, verify_quote, ClockInfo, QuoteError, QuoteInfo};
+
+/// Lowercase hex, for messages.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
