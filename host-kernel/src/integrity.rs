@@ -431,8 +431,7 @@ fn halt(deployer: &mut Deployer, subject: &str, v: &Violation) -> ! {
     deployer.measurements.shutdown();
     crate::logger::console_line(format_args!(
         "tuk: integrity halt: {subject} {}: {}",
-        v.check,
-        v.detail
+        v.check, v.detail
     ));
     arch::exit_qemu(ExitCode::IntegrityHalt)
 }

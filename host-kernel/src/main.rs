@@ -21,6 +21,7 @@ extern crate alloc;
 
 #[allow(unsafe_code)]
 mod arch;
+mod attestation;
 mod config;
 mod deploy;
 #[allow(unsafe_code)]
@@ -191,6 +192,11 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
     );
     server.replenish(&mut stack.sockets);
     let boot_us = arch::now_us();
+    let identity = attestation::Identity::setup(&mut deployer.measurements);
+    match &identity {
+        Ok(_) => log::info!("attestation: AK created (endorsement hierarchy), EK certificate read"),
+        Err(e) => log::warn!("attestation unavailable: {e}"),
+    }
     let monitor = integrity::Monitor::new(config.integrity, arch::now_us());
     log::info!(
         "integrity: re-measuring every {} ms (policy {})",
@@ -205,6 +211,7 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
         },
         deployer,
         monitor,
+        identity,
     );
     logger::console_line(format_args!(
         "tuk: ready listen={}:{} guest_boot_us={boot_us}",

@@ -114,6 +114,14 @@ impl Measurements {
         Ok(())
     }
 
+    /// The TPM, when it is usable (resumed or started clear): for attestation.
+    pub fn tpm_mut(&mut self) -> Option<&mut Tpm<Crb>> {
+        match self.state {
+            TpmState::Resumed | TpmState::StartedClear(_) => self.tpm.as_mut(),
+            _ => None,
+        }
+    }
+
     /// The whole event log as a JSON array.
     pub fn log_json(&self) -> String {
         serde_json::to_string(&self.records).unwrap_or_else(|_| String::from("[]"))

@@ -8,6 +8,7 @@ use core::fmt::Write;
 use tuk_http::{Handler, Request, Response};
 
 use crate::arch::{interrupt_count, random_source, tsc_khz, WxAudit};
+use crate::attestation::Identity;
 use crate::deploy::Deployer;
 use crate::integrity::Monitor;
 use crate::mem::heap_stats;
@@ -26,6 +27,8 @@ pub struct Router {
     facts: BootFacts,
     deployer: Deployer,
     monitor: Monitor,
+    /// The attestation identity, or why there is none.
+    identity: Result<Identity, String>,
 }
 
 /// Appends `s` as a JSON string literal.
@@ -45,11 +48,85 @@ fn json_str(out: &mut String, s: &str) {
 }
 
 impl Router {
-    pub fn new(facts: BootFacts, deployer: Deployer, monitor: Monitor) -> Self {
+    pub fn new(
+        facts: BootFacts,
+        deployer: Deployer,
+        monitor: Monitor,
+        identity: Result<Identity, String>,
+    ) -> Self {
         Router {
             facts,
             deployer,
             monitor,
+            identity,
+        }
+    }
+
+    /// The run-time report a quote is bound to (docs/attestation.md).
+    fn report(&self, now_ms: u64) -> serde_json::Value {
+        use serde_json::json;
+        let m = &self.monitor;
+        let instances: alloc::vec::Vec<_> = self
+            .deployer
+            .runtime
+            .components()
+            .map(|d| {
+                let r = &d.integrity;
+                json!({
+                    "name": d.name,
+                    "state": r.state(),
+                    "checks": r.checks,
+                    "violations": r.violations,
+                    "reinstantiations": r.reinstantiations,
+                    "last_check_ms": r.last_check_ms,
+                })
+            })
+            .collect();
+        json!({
+            "uptime_ms": now_ms,
+            "interval_ms": m.settings.interval_ms,
+            "policy": m.settings.policy.name(),
+            "kernel": {
+                "state": m.kernel.state(),
+                "checks": m.kernel.checks,
+                "violations": m.kernel.violations,
+                "last_check_ms": m.kernel.last_check_ms,
+            },
+            "instances": instances,
+        })
+    }
+
+    /// `/_tuk/attestation[/identity|/activate]`.
+    fn attestation(&mut self, req: &Request, which: &str, now_ms: u64) -> Response {
+        let identity = match &self.identity {
+            Ok(i) => i,
+            Err(e) => return Response::error(503, e),
+        };
+        let result = match (which, req.method.as_str()) {
+            ("identity", "GET") => Ok(identity.identity_json()),
+            ("activate", "POST") => identity.activate(&mut self.deployer.measurements, &req.body),
+            ("", "GET") => {
+                let report = self.report(now_ms);
+                identity.quote(
+                    &mut self.deployer.measurements,
+                    req.query.as_deref(),
+                    report,
+                )
+            }
+            ("identity" | "", _) => {
+                return Response::error(405, "use GET").with_header("Allow", "GET");
+            }
+            ("activate", _) => {
+                return Response::error(405, "use POST").with_header("Allow", "POST");
+            }
+            _ => return Response::error(404, "unknown attestation endpoint"),
+        };
+        match result {
+            Ok(v) => Response::json(
+                200,
+                serde_json::to_string(&v).unwrap_or_else(|_| String::from("{}")),
+            ),
+            Err((status, reason)) => Response::error(status, &reason),
         }
     }
 
@@ -280,6 +357,10 @@ impl Router {
                 self.publish(req, name)
             }
             "eventlog" => Response::json(200, self.deployer.measurements.log_json()),
+            "attestation" => self.attestation(req, "", now_ms),
+            e if e.starts_with("attestation/") => {
+                self.attestation(req, &e["attestation/".len()..], now_ms)
+            }
             "status" => match req.method.as_str() {
                 "GET" | "HEAD" => self.status(),
                 _ => Response::error(405, "use GET for /_tuk/status")
