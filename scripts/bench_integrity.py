@@ -13,6 +13,7 @@ Writes a Markdown section to the path given as argv[1]. Every number comes from 
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -112,7 +113,8 @@ def throughput(rows, overhead):
             health = http_json(vm.url + "/_tuk/health")
             uptime_us = health["uptime_ms"] * 1000
             results[label].append((rps1, rps16))
-            rows.append(f"| {label} | {rnd} | {rps1:.0f} | {p50} | {p99} | {rps16:.0f} | {p50_16} | {p99_16} | {s['rounds']} |")
+            load = os.getloadavg()[0]
+            rows.append(f"| {label} | {rnd} | {rps1:.0f} | {p50} | {p99} | {rps16:.0f} | {p50_16} | {p99_16} | {s['rounds']} | {load:.1f} |")
             if interval:
                 share = 100.0 * s["total_round_us"] / uptime_us
                 per_mib = s["last_round_us"] / (s["last_round_bytes"] / 1048576)
@@ -140,6 +142,9 @@ def detection(rows):
         vm = Vm(f"det-{interval}", interval)
         lat = []
         for i in range(samples):
+            # A random phase against the monitor's rounds: otherwise each tamper lands right
+            # after the round that caught the previous one and every sample is a worst case.
+            time.sleep(random.uniform(0, interval / 1000))
             before = instance(vm.status(), "hello")["violations"]
             t0 = time.monotonic()
             tamper(vm, "component:hello:code", 4096 + 64 * i)
@@ -188,12 +193,13 @@ def main():
         w("Throughput of `GET /hello/` (`wrk`, 8 s, keep-alive) with the monitor off and at three intervals; "
           "two rounds, the second in reverse order.")
         w()
-        w("| monitor | round | req/s @1 | p50 | p99 | req/s @16 | p50 | p99 | monitor rounds |")
-        w("|---|---|---|---|---|---|---|---|---|")
+        w("| monitor | round | req/s @1 | p50 | p99 | req/s @16 | p50 | p99 | monitor rounds | host load (1 min) |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
         for r in tp_rows:
             w(r)
         w()
-        w("Throughput loss against `off` (mean of both rounds; negative = faster, i.e. noise):")
+        w("Throughput loss against `off` (mean of both rounds; negative = faster, i.e. noise; compare with the "
+          "host load column: on a 2-core host a load above ~1.5 means other work competed with QEMU):")
         w()
         w("| interval | loss @1 connection | loss @16 connections |")
         w("|---|---|---|")
@@ -208,9 +214,11 @@ def main():
         for r in overhead_rows:
             w(r)
         w()
-        w("Detection latency: `tuk tamper` flips one byte of hello's code image, then `/_tuk/status` is polled every "
-          "2 ms until the violation is recorded and hello is re-instantiated (includes the tamper tool's own run "
-          "time, ~10-30 ms of process start and one status request, and the poll period).")
+        w("Detection latency: after a random delay (uniform over one interval, so tampering lands at a random "
+          "phase of the monitor's rounds), `tuk tamper` flips one byte of hello's code image, then `/_tuk/status` "
+          "is polled every 2 ms until the violation is recorded and hello is re-instantiated. It includes the "
+          "tamper tool's own run time (process start and one status request, ~10-30 ms) and the poll period; "
+          "the expected value is about half an interval plus that, the worst case one interval plus a round.")
         w()
         w("| interval | samples | p50 (ms) | p99 (ms) | min (ms) | max (ms) |")
         w("|---|---|---|---|---|---|")
