@@ -162,6 +162,21 @@ impl Record {
         }
     }
 
+    /// The record as the run-time report and the status show it (plus `name` when given).
+    pub fn to_json(&self, name: Option<&str>) -> Value {
+        let mut v = json!({
+            "state": self.state(),
+            "checks": self.checks,
+            "violations": self.violations,
+            "reinstantiations": self.reinstantiations,
+            "last_check_ms": self.last_check_ms,
+        });
+        if let (Value::Object(map), Some(name)) = (&mut v, name) {
+            map.insert("name".into(), Value::from(name));
+        }
+        v
+    }
+
     /// The record after a newer version was published: trusted again, history kept.
     pub fn redeployed(&self) -> Record {
         Record {

@@ -70,28 +70,13 @@ impl Router {
             .deployer
             .runtime
             .components()
-            .map(|d| {
-                let r = &d.integrity;
-                json!({
-                    "name": d.name,
-                    "state": r.state(),
-                    "checks": r.checks,
-                    "violations": r.violations,
-                    "reinstantiations": r.reinstantiations,
-                    "last_check_ms": r.last_check_ms,
-                })
-            })
+            .map(|d| d.integrity.to_json(Some(&d.name)))
             .collect();
         json!({
             "uptime_ms": now_ms,
             "interval_ms": m.settings.interval_ms,
             "policy": m.settings.policy.name(),
-            "kernel": {
-                "state": m.kernel.state(),
-                "checks": m.kernel.checks,
-                "violations": m.kernel.violations,
-                "last_check_ms": m.kernel.last_check_ms,
-            },
+            "kernel": m.kernel.to_json(None),
             "instances": instances,
         })
     }
@@ -155,14 +140,9 @@ impl Router {
             .map(|d| {
                 let r = &d.integrity;
                 let inv = &d.invariants;
-                json!({
-                    "name": d.name,
-                    "state": r.state(),
+                let mut v = r.to_json(Some(&d.name));
+                let extra = json!({
                     "reason": r.untrusted_reason(),
-                    "checks": r.checks,
-                    "violations": r.violations,
-                    "reinstantiations": r.reinstantiations,
-                    "last_check_ms": r.last_check_ms,
                     "last_violation": r.last_violation,
                     "code": {
                         "addr": d.image.addr,
@@ -181,9 +161,21 @@ impl Router {
                     "immutable": inv.immutable.iter().map(|r| json!({"name": r.name, "offset": r.offset, "len": r.len, "sha256": hex(&r.sha256)})).collect::<alloc::vec::Vec<_>>(),
                     "stack": inv.stack.as_ref().map(|s| json!({"global": s.global, "initial": s.initial, "low": s.low})),
                     "notes": inv.notes,
-                })
+                });
+                if let (serde_json::Value::Object(map), serde_json::Value::Object(more)) =
+                    (&mut v, extra)
+                {
+                    map.extend(more);
+                }
+                v
             })
             .collect();
+        let mut kernel = m.kernel.to_json(None);
+        if let serde_json::Value::Object(map) = &mut kernel {
+            map.insert("reason".into(), json!(m.kernel.untrusted_reason()));
+            map.insert("text".into(), json!({"addr": text.as_ptr() as u64, "len": text.len(), "sha256": hex(m.kernel_text_sha256())}));
+            map.insert("rodata".into(), json!({"addr": rodata.as_ptr() as u64, "len": rodata.len(), "sha256": hex(m.kernel_rodata_sha256())}));
+        }
         let body = json!({
             "interval_ms": m.settings.interval_ms,
             "policy": m.settings.policy.name(),
@@ -196,15 +188,7 @@ impl Router {
                 "sha256_mb_s": m.hash_rates.sha256_mb_s,
                 "fingerprint_mb_s": m.hash_rates.fingerprint_mb_s,
             },
-            "kernel": {
-                "state": m.kernel.state(),
-                "reason": m.kernel.untrusted_reason(),
-                "checks": m.kernel.checks,
-                "violations": m.kernel.violations,
-                "last_check_ms": m.kernel.last_check_ms,
-                "text": {"addr": text.as_ptr() as u64, "len": text.len(), "sha256": hex(m.kernel_text_sha256())},
-                "rodata": {"addr": rodata.as_ptr() as u64, "len": rodata.len(), "sha256": hex(m.kernel_rodata_sha256())},
-            },
+            "kernel": kernel,
             "instances": instances,
         });
         Response::json(
