@@ -169,6 +169,20 @@ impl Traffic {
 }
 
 #[test]
+fn example_components_declare_rodata_and_stack() {
+    for (name, b) in build(&["hello", "kv", "notes"]) {
+        let inv = tuk_invariants::derive(&b.wasm).unwrap();
+        assert!(inv.memory.is_some(), "{name}: {inv:?}");
+        assert!(
+            !inv.immutable.is_empty(),
+            "{name} declares no .rodata: {:?}",
+            inv.notes
+        );
+        assert!(inv.stack.is_some(), "{name}: {:?}", inv.notes);
+    }
+}
+
+#[test]
 fn tampering_is_detected_recorded_and_repaired() {
     let (mut vm, _, built) = setup("reinstantiate", &["hello", "kv", "notes"]);
     let s = status(&vm);
