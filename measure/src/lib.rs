@@ -32,6 +32,7 @@ use sha2::Digest as _;
 pub mod bundle;
 pub mod dsse;
 pub mod eventlog;
+pub mod kernel_ref;
 pub mod policy;
 #[cfg(feature = "sign")]
 pub mod sign;

@@ -94,6 +94,12 @@ impl SigningKey {
         Ok(Self::from_seed(*seed))
     }
 
+    /// An Ed25519 signature over `message` (for formats other than DSSE, e.g. a JWT's
+    /// signing input).
+    pub fn sign_raw(&self, message: &[u8]) -> [u8; 64] {
+        self.0.sign(message).to_bytes()
+    }
+
     /// A DSSE envelope over `payload`, signed by this key.
     pub fn sign_envelope(&self, payload_type: &str, payload: Vec<u8>) -> Envelope {
         let sig = self.0.sign(&crate::dsse::pae(payload_type, &payload));

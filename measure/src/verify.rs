@@ -21,7 +21,7 @@ use alloc::string::String;
 
 use crate::bundle::Bundle;
 use crate::dsse::{Envelope, EnvelopeError};
-use crate::policy::{PolicyError, TrustPolicy};
+use crate::policy::{PolicyError, TrustPolicy, TrustedKey};
 use crate::statement::{self, Limits, Statement, PAYLOAD_TYPE, WORLD};
 use crate::version::Version;
 use crate::{hex, parse_hex32, sha256, Digest};
@@ -186,12 +186,17 @@ pub fn verify_bundle(
 /// keyid is an unauthenticated hint: it selects the key to try (all keys when it is empty),
 /// and the key that verifies is reported.
 fn trusted_signer(envelope: &Envelope, policy: &TrustPolicy) -> Option<String> {
+    trusted_signer_among(envelope, &policy.keys)
+}
+
+/// The keyid of the first key in `keys` with a valid signature on `envelope`.
+pub(crate) fn trusted_signer_among(envelope: &Envelope, keys: &[TrustedKey]) -> Option<String> {
     let message = envelope.pae();
     for sig in &envelope.signatures {
         let Ok(signature) = ed25519_dalek::Signature::from_slice(&sig.sig) else {
             continue;
         };
-        for key in &policy.keys {
+        for key in keys {
             if !sig.keyid.is_empty() && sig.keyid != key.keyid {
                 continue;
             }

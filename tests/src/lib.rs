@@ -41,6 +41,12 @@ pub fn free_listen() -> SocketAddr {
         .expect("cannot bind an ephemeral loopback port")
 }
 
+/// The vTPM CA directory every test VM's EK certificate is issued from: one for the test run,
+/// not the user's (what a verifier in the tests trusts).
+pub fn vtpm_ca_dir() -> PathBuf {
+    std::env::temp_dir().join("tuk-e2e").join("vtpm-ca")
+}
+
 /// Boots the real kernel under TCG with the test timeouts and `extra` kernel arguments (an
 /// `extra` key replaces the test default of the same name).
 /// Retries on a fresh port if another process grabbed the chosen one in between.
@@ -78,8 +84,7 @@ pub fn boot_full(
         cfg.accel = Accel::Tcg;
         cfg.memory_mib = memory_mib;
         cfg.boot_pack = boot_pack.map(std::path::Path::to_path_buf);
-        // One vTPM CA for the test run, not the user's.
-        cfg.vtpm_ca_dir = std::env::temp_dir().join("tuk-e2e").join("vtpm-ca");
+        cfg.vtpm_ca_dir = vtpm_ca_dir();
         cfg.state_dir = std::env::temp_dir().join("tuk-e2e").join(format!(
             "{name}-{}-{}",
             std::process::id(),

@@ -4,7 +4,8 @@
 //! Output discipline: machine-readable JSON lines (one object per event) on stdout, human
 //! messages on stderr. Exit codes: 0 success, 1 the VM stopped uncleanly or by itself,
 //! 2 usage or launch errors, 3 `tuk run` stopped the VM on an integrity violation
-//! (`--monitor-policy stop`).
+//! (`--monitor-policy stop`). `tuk attest` prints its result on stdout and exits 1 for a
+//! result that is not affirming.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -21,10 +22,12 @@ use serde::Serialize;
 use tuk_launcher::monitor::{self, MonitorThread, Violation};
 use tuk_launcher::{kernel, qemu, Accel, Instance, KernelSource, RunConfig};
 
+mod attest;
 mod component;
 mod registry;
 mod sign;
 mod tamper;
+mod verifier;
 
 #[derive(Parser)]
 #[command(
@@ -71,7 +74,19 @@ enum Command {
     /// out-of-guest monitor must detect it. Prints a `tampered` JSON event.
     #[command(hide = true)]
     Tamper(tamper::TamperArgs),
-    // Later: compile, sign, verify, publish, pull, attest, verifier, gateway.
+    /// Attest a running instance once: EK certificate, credential activation, a quote for a
+    /// fresh nonce, the event log and the run-time report against reference values.
+    ///
+    /// Prints the result (affirming, warning or contraindicated, per submodule: the kernel and
+    /// each component, with reasons) on stdout; --json prints it as an EAR claims set. Exit
+    /// status 0 affirming, 1 warning or contraindicated, 2 the instance could not be attested.
+    Attest(attest::AttestArgs),
+    /// The verifier service (docs/verifier.md).
+    #[command(subcommand)]
+    Verifier(verifier::VerifierCommand),
+    /// A reverse proxy that forwards to an instance only while the verifier's latest result
+    /// for it is affirming and at most two attestation intervals old; else 503 with why.
+    Gateway(verifier::GatewayArgs),
 }
 
 #[derive(Subcommand)]
@@ -81,6 +96,10 @@ enum KernelCommand {
         /// The tuk checkout to build (default: found from the current directory upwards).
         #[arg(long, value_name = "DIR")]
         source: Option<PathBuf>,
+        /// Sign the kernel's reference manifest with this key (a `tuk keygen` .key file):
+        /// writes IMAGE.ref.json, which verifiers take with --kernel-ref.
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
     },
 }
 
@@ -292,7 +311,7 @@ fn parse_kernel_arg(s: &str) -> Result<(String, String), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Kernel(KernelCommand::Build { source }) => kernel_build(source),
+        Command::Kernel(KernelCommand::Build { source, sign }) => kernel_build(source, sign),
         Command::Run(args) => run(args),
         Command::Component(cmd) => component::component(cmd),
         Command::Compile(args) => component::compile(args),
@@ -303,6 +322,9 @@ fn main() -> ExitCode {
         Command::Verify(args) => sign::verify(args),
         Command::Policy(args) => sign::policy(args),
         Command::Tamper(args) => tamper::tamper(args),
+        Command::Attest(args) => attest::attest(args),
+        Command::Verifier(cmd) => verifier::verifier(cmd),
+        Command::Gateway(args) => verifier::gateway(args),
     };
     match outcome {
         Ok(code) => code,
@@ -322,6 +344,9 @@ enum Event<'a> {
         sha256: &'a str,
         bytes: u64,
         toolchain: &'a str,
+        /// The signed reference manifest, with --sign.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a std::path::Path>,
     },
     Ready {
         url: String,
@@ -397,7 +422,12 @@ fn emit(event: &Event<'_>) -> Result<()> {
         .context("cannot write to stdout")
 }
 
-fn kernel_build(source: Option<PathBuf>) -> Result<ExitCode> {
+fn kernel_build(source: Option<PathBuf>, sign_key: Option<PathBuf>) -> Result<ExitCode> {
+    // Load the key first: a bad key fails in a second, not after a build.
+    let sign_key = match &sign_key {
+        Some(path) => Some(sign::load_signing_key(path)?),
+        None => None,
+    };
     let src = KernelSource::locate(source.as_deref())?;
     let toolchain = src.detect_toolchain()?;
     eprintln!(
@@ -415,13 +445,46 @@ fn kernel_build(source: Option<PathBuf>) -> Result<ExitCode> {
         image.bytes,
         image.sha256,
     );
+    let reference = match &sign_key {
+        Some(key) => {
+            let bytes = std::fs::read(&image.path)
+                .with_context(|| format!("cannot read {}", image.path.display()))?;
+            let envelope = tuk_measure::kernel_ref::sign(
+                key,
+                &bytes,
+                tuk_measure::kernel_ref::KernelPredicate {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    bytes: image.bytes,
+                    toolchain: toolchain.id().into(),
+                },
+            );
+            let path = kernel_ref_path(&image.path);
+            std::fs::write(&path, envelope)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!(
+                "tuk: reference {} (signed by {})",
+                path.display(),
+                key.keyid()
+            );
+            Some(path)
+        }
+        None => None,
+    };
     emit(&Event::KernelBuilt {
         path: &image.path,
         sha256: &image.sha256,
         bytes: image.bytes,
         toolchain: toolchain.id(),
+        reference: reference.as_deref(),
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `tuk kernel build --sign` writes the image's signed reference: IMAGE.ref.json.
+fn kernel_ref_path(image: &std::path::Path) -> PathBuf {
+    let mut name = image.file_name().unwrap_or_default().to_os_string();
+    name.push(".ref.json");
+    image.with_file_name(name)
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {

@@ -144,7 +144,7 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Writes a new file; refuses to replace one (keys must never be overwritten by accident).
-fn create_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn create_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -164,6 +164,14 @@ fn create_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Reads a private key (`tuk keygen`'s NAME.key).
+pub(crate) fn load_signing_key(path: &Path) -> Result<SigningKey> {
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    SigningKey::from_pkcs8_pem(&pem)
+        .with_context(|| format!("{} is not a signing key", path.display()))
 }
 
 fn load_trusted_key(path: &Path) -> Result<TrustedKey> {
@@ -242,10 +250,7 @@ pub fn sign(args: SignArgs) -> Result<ExitCode> {
         .memory_limit
         .checked_mul(1 << 20)
         .context("--memory-limit is too large")?;
-    let pem = std::fs::read_to_string(&args.key)
-        .with_context(|| format!("cannot read {}", args.key.display()))?;
-    let key = SigningKey::from_pkcs8_pem(&pem)
-        .with_context(|| format!("{} is not a signing key", args.key.display()))?;
+    let key = load_signing_key(&args.key)?;
 
     let wasm = read(&args.wasm)?;
     let code = tuk_compose::compile(&wasm)

@@ -9,16 +9,27 @@
 //! - [`credential`]: TPM2_MakeCredential in software ([`make_credential`]), TPM 2.0 Part 1
 //!   §24 (KDFa, KDFe, OAEP with label "IDENTITY", AES-CFB, HMAC).
 //! - [`cert`]: EK certificate chains up to the swtpm_localca root ([`verify_ek_certificate`]).
+//! - [`evidence`]: the kernel's identity and evidence documents (checked parsers).
+//! - [`appraise`]: the verification policy for tuk evidence: identity, quote, event log,
+//!   reference values ([`verify_identity`], [`appraise()`]).
+//! - [`result`]: AR4SI trust tiers and claims per submodule, as an EAR claims set.
+//! - [`attester`]: one attestation end to end over the kernel's HTTP endpoints ([`attest`]).
 //!
 //! Inputs are untrusted bytes; every failure is a typed error that says what failed.
 #![forbid(unsafe_code)]
 
+pub mod appraise;
+pub mod attester;
 pub mod cert;
 pub mod credential;
+pub mod evidence;
 mod hash;
 pub mod public;
 pub mod quote;
+pub mod result;
 
+pub use appraise::{appraise, verify_identity, Ca, References, Refusal, VerifiedIdentity};
+pub use attester::{attest, quote, register, AttestError, Attester, HttpAttester};
 pub use cert::{verify_ek_certificate, CertError, EkCertificate};
 pub use credential::{
     make_credential, make_credential_with_rng, secret_matches, Credential, CredentialError,
@@ -26,6 +37,7 @@ pub use credential::{
 pub use hash::HashAlg;
 pub use public::{AkPublic, EkPublic, PublicError, PublicKey, TpmPublic};
 pub use quote::{pcr_digest, verify_quote, ClockInfo, QuoteError, QuoteInfo};
+pub use result::{AttestationResult, Status, Submodule};
 
 /// Lowercase hex, for messages.
 pub(crate) fn hex(bytes: &[u8]) -> String {

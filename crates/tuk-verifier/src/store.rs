@@ -1,0 +1,435 @@
+//! Durable state: registered instances, every attestation result, webhooks. SQLite (a file;
+//! the default) or PostgreSQL (a `postgres://` URL). Both run the same SQL (written with
+//! `$N` parameters; SQLite gets `?N`), so the two cannot drift.
+//!
+//! Contract: every write is committed before the call returns, so a verifier that restarts
+//! loses nothing it acknowledged.
+
+use std::sync::Mutex;
+
+/// A stored value: everything tuk keeps is an integer or text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Val {
+    Int(i64),
+    Text(String),
+    Null,
+}
+
+impl Val {
+    pub fn int(&self) -> i64 {
+        match self {
+            Val::Int(i) => *i,
+            _ => 0,
+        }
+    }
+    pub fn text(&self) -> String {
+        match self {
+            Val::Text(s) => s.clone(),
+            _ => String::new(),
+        }
+    }
+    pub fn opt_text(&self) -> Option<String> {
+        match self {
+            Val::Text(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// A query parameter.
+#[derive(Clone, Copy, Debug)]
+pub enum Param<'a> {
+    Int(i64),
+    Text(&'a str),
+    OptText(Option<&'a str>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] postgres::Error),
+    #[error("{0}")]
+    Url(String),
+}
+
+enum Backend {
+    Sqlite(rusqlite::Connection),
+    Postgres(postgres::Client),
+}
+
+/// The database. One connection behind a mutex: the verifier's writes are small and few (one
+/// row per attestation), and SQLite serializes writers anyway.
+pub struct Store {
+    backend: Mutex<Backend>,
+    kind: &'static str,
+}
+
+/// A registered instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceRow {
+    pub id: String,
+    pub url: String,
+    /// Unix ms.
+    pub registered_at: i64,
+    /// The identity document the instance served at registration (JSON), whose AK credential
+    /// activation bound to the certified EK.
+    pub identity: String,
+}
+
+/// One attestation's outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResultRow {
+    pub seq: i64,
+    pub instance: String,
+    /// Unix ms when the result was made.
+    pub at: i64,
+    /// `affirming`, `warning`, `contraindicated` or `unavailable`.
+    pub status: String,
+    /// The signed EAR (a JWT), when there is a result.
+    pub ear: Option<String>,
+    /// Why there is no result (`unavailable`), or a refusal's reason.
+    pub error: Option<String>,
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS instances (id TEXT PRIMARY KEY, url TEXT NOT NULL, registered_at BIGINT NOT NULL, identity TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS results (seq BIGINT NOT NULL, instance TEXT NOT NULL, at BIGINT NOT NULL, status TEXT NOT NULL, ear TEXT, error TEXT, PRIMARY KEY (instance, seq))",
+    "CREATE INDEX IF NOT EXISTS results_at ON results (at)",
+    "CREATE TABLE IF NOT EXISTS webhooks (id TEXT PRIMARY KEY, url TEXT NOT NULL, created_at BIGINT NOT NULL)",
+];
+
+impl Store {
+    /// Opens (creating if needed) `location`: a `postgres://` or `postgresql://` URL, or a
+    /// SQLite file path (optionally prefixed `sqlite:`).
+    pub fn open(location: &str) -> Result<Store, StoreError> {
+        let (backend, kind) =
+            if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+                let client = postgres::Client::connect(location, postgres::NoTls)?;
+                (Backend::Postgres(client), "postgresql")
+            } else {
+                let path = location.strip_prefix("sqlite:").unwrap_or(location);
+                if path.is_empty() {
+                    return Err(StoreError::Url(
+                        "empty database path: give a file (or sqlite:FILE, postgres://...)".into(),
+                    ));
+                }
+                let conn = rusqlite::Connection::open(path)?;
+                // Durable on commit, concurrent readers with one writer.
+                conn.pragma_update(None, "journal_mode", "WAL")?;
+                conn.pragma_update(None, "synchronous", "FULL")?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                (Backend::Sqlite(conn), "sqlite")
+            };
+        let store = Store {
+            backend: Mutex::new(backend),
+            kind,
+        };
+        for stmt in SCHEMA {
+            store.execute(stmt, &[])?;
+        }
+        Ok(store)
+    }
+
+    /// `sqlite` or `postgresql`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Backend> {
+        // A panic while holding the lock leaves the connection usable: every statement is
+        // its own transaction.
+        self.backend.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a statement; returns the number of rows changed.
+    pub fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
+        match &mut *self.lock() {
+            Backend::Sqlite(c) => {
+                let sql = sql.replace('$', "?");
+                let p = sqlite_params(params);
+                let refs: Vec<&dyn rusqlite::ToSql> = p.iter().map(|v| v as _).collect();
+                Ok(c.execute(&sql, refs.as_slice())? as u64)
+            }
+            Backend::Postgres(c) => {
+                let p = pg_params(params);
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    p.iter().map(|v| v.as_ref()).collect();
+                Ok(c.execute(sql, &refs)?)
+            }
+        }
+    }
+
+    /// Runs a query; every column must be BIGINT or TEXT.
+    pub fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Val>>, StoreError> {
+        match &mut *self.lock() {
+            Backend::Sqlite(c) => {
+                let sql = sql.replace('$', "?");
+                let p = sqlite_params(params);
+                let refs: Vec<&dyn rusqlite::ToSql> = p.iter().map(|v| v as _).collect();
+                let mut stmt = c.prepare(&sql)?;
+                let n = stmt.column_count();
+                let rows = stmt.query_map(refs.as_slice(), |row| {
+                    (0..n)
+                        .map(|i| {
+                            Ok(match row.get_ref(i)? {
+                                rusqlite::types::ValueRef::Integer(v) => Val::Int(v),
+                                rusqlite::types::ValueRef::Text(t) => {
+                                    Val::Text(String::from_utf8_lossy(t).into_owned())
+                                }
+                                _ => Val::Null,
+                            })
+                        })
+                        .collect::<Result<Vec<Val>, rusqlite::Error>>()
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            }
+            Backend::Postgres(c) => {
+                let p = pg_params(params);
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    p.iter().map(|v| v.as_ref()).collect();
+                let rows = c.query(sql, &refs)?;
+                Ok(rows
+                    .iter()
+                    .map(|row| {
+                        (0..row.len())
+                            .map(|i| {
+                                if let Ok(Some(v)) = row.try_get::<_, Option<i64>>(i) {
+                                    Val::Int(v)
+                                } else if let Ok(Some(v)) = row.try_get::<_, Option<String>>(i) {
+                                    Val::Text(v)
+                                } else {
+                                    Val::Null
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    pub fn put_instance(&self, i: &InstanceRow) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO instances (id, url, registered_at, identity) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET url = excluded.url, registered_at = excluded.registered_at, identity = excluded.identity",
+            &[
+                Param::Text(&i.id),
+                Param::Text(&i.url),
+                Param::Int(i.registered_at),
+                Param::Text(&i.identity),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Removes an instance and its history; false if there was none.
+    pub fn delete_instance(&self, id: &str) -> Result<bool, StoreError> {
+        self.execute(
+            "DELETE FROM results WHERE instance = $1",
+            &[Param::Text(id)],
+        )?;
+        Ok(self.execute("DELETE FROM instances WHERE id = $1", &[Param::Text(id)])? > 0)
+    }
+
+    pub fn instances(&self) -> Result<Vec<InstanceRow>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT id, url, registered_at, identity FROM instances ORDER BY id",
+                &[],
+            )?
+            .into_iter()
+            .map(|r| InstanceRow {
+                id: r[0].text(),
+                url: r[1].text(),
+                registered_at: r[2].int(),
+                identity: r[3].text(),
+            })
+            .collect())
+    }
+
+    /// Appends a result; its `seq` is one more than the instance's last.
+    pub fn add_result(&self, r: &ResultRow) -> Result<i64, StoreError> {
+        let seq = self
+            .query(
+                "SELECT COALESCE(MAX(seq), 0) FROM results WHERE instance = $1",
+                &[Param::Text(&r.instance)],
+            )?
+            .first()
+            .map_or(0, |row| row[0].int())
+            + 1;
+        self.execute(
+            "INSERT INTO results (seq, instance, at, status, ear, error) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                Param::Int(seq),
+                Param::Text(&r.instance),
+                Param::Int(r.at),
+                Param::Text(&r.status),
+                Param::OptText(r.ear.as_deref()),
+                Param::OptText(r.error.as_deref()),
+            ],
+        )?;
+        Ok(seq)
+    }
+
+    /// An instance's results, newest first: at most `limit`, with `seq` below `before` if given.
+    pub fn results(
+        &self,
+        instance: &str,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<ResultRow>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT seq, instance, at, status, ear, error FROM results \
+                 WHERE instance = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+                &[
+                    Param::Text(instance),
+                    Param::Int(before.unwrap_or(i64::MAX)),
+                    Param::Int(limit),
+                ],
+            )?
+            .into_iter()
+            .map(|r| ResultRow {
+                seq: r[0].int(),
+                instance: r[1].text(),
+                at: r[2].int(),
+                status: r[3].text(),
+                ear: r[4].opt_text(),
+                error: r[5].opt_text(),
+            })
+            .collect())
+    }
+
+    /// Rows in `results` and the bytes of their EAR and error text (storage growth).
+    pub fn result_volume(&self) -> Result<(i64, i64), StoreError> {
+        let rows = self.query(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(COALESCE(ear, '')) + LENGTH(COALESCE(error, ''))), 0) FROM results",
+            &[],
+        )?;
+        Ok(rows.first().map_or((0, 0), |r| (r[0].int(), r[1].int())))
+    }
+
+    pub fn add_webhook(&self, id: &str, url: &str, created_at: i64) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO webhooks (id, url, created_at) VALUES ($1, $2, $3)",
+            &[Param::Text(id), Param::Text(url), Param::Int(created_at)],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.execute("DELETE FROM webhooks WHERE id = $1", &[Param::Text(id)])? > 0)
+    }
+
+    /// (id, url) of every webhook.
+    pub fn webhooks(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .query("SELECT id, url FROM webhooks ORDER BY created_at, id", &[])?
+            .into_iter()
+            .map(|r| (r[0].text(), r[1].text()))
+            .collect())
+    }
+}
+
+fn sqlite_params(params: &[Param<'_>]) -> Vec<rusqlite::types::Value> {
+    use rusqlite::types::Value;
+    params
+        .iter()
+        .map(|p| match p {
+            Param::Int(i) => Value::Integer(*i),
+            Param::Text(t) => Value::Text((*t).to_owned()),
+            Param::OptText(Some(t)) => Value::Text((*t).to_owned()),
+            Param::OptText(None) => Value::Null,
+        })
+        .collect()
+}
+
+fn pg_params(params: &[Param<'_>]) -> Vec<Box<dyn postgres::types::ToSql + Sync>> {
+    params
+        .iter()
+        .map(|p| -> Box<dyn postgres::types::ToSql + Sync> {
+            match p {
+                Param::Int(i) => Box::new(*i),
+                Param::Text(t) => Box::new((*t).to_owned()),
+                Param::OptText(t) => Box::new(t.map(str::to_owned)),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(instance: &str, at: i64, status: &str) -> ResultRow {
+        ResultRow {
+            seq: 0,
+            instance: instance.into(),
+            at,
+            status: status.into(),
+            ear: Some(format!("jwt-{at}")),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn sqlite_keeps_everything_across_reopen() {
+        let dir = std::env::temp_dir().join(format!("tuk-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v.db");
+        let loc = format!("sqlite:{}", path.display());
+        {
+            let s = Store::open(&loc).unwrap();
+            assert_eq!(s.kind(), "sqlite");
+            let i = InstanceRow {
+                id: "a".into(),
+                url: "http://x".into(),
+                registered_at: 5,
+                identity: "{}".into(),
+            };
+            s.put_instance(&i).unwrap();
+            s.put_instance(&InstanceRow {
+                url: "http://y".into(),
+                ..i
+            })
+            .unwrap();
+            assert_eq!(s.add_result(&row("a", 1, "affirming")).unwrap(), 1);
+            assert_eq!(s.add_result(&row("a", 2, "warning")).unwrap(), 2);
+            assert_eq!(s.add_result(&row("b", 3, "affirming")).unwrap(), 1);
+            s.add_webhook("w1", "http://hook", 9).unwrap();
+        }
+        let s = Store::open(path.to_str().unwrap()).unwrap();
+        let inst = s.instances().unwrap();
+        assert_eq!(inst.len(), 1);
+        assert_eq!(inst[0].url, "http://y");
+        let r = s.results("a", 10, None).unwrap();
+        assert_eq!(
+            r.iter()
+                .map(|r| (r.seq, r.status.as_str()))
+                .collect::<Vec<_>>(),
+            [(2, "warning"), (1, "affirming")]
+        );
+        assert_eq!(s.results("a", 10, Some(2)).unwrap().len(), 1);
+        assert_eq!(
+            s.results("a", 10, None).unwrap()[0].ear.as_deref(),
+            Some("jwt-2")
+        );
+        assert_eq!(s.result_volume().unwrap(), (3, 15));
+        assert_eq!(s.webhooks().unwrap(), [("w1".into(), "http://hook".into())]);
+        assert!(s.delete_instance("a").unwrap());
+        assert!(!s.delete_instance("a").unwrap());
+        assert!(s.results("a", 10, None).unwrap().is_empty());
+        assert!(s.delete_webhook("w1").unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_locations_are_errors() {
+        assert!(Store::open("sqlite:").is_err());
+        assert!(Store::open("/nonexistent-dir/x/y.db").is_err());
+        assert!(Store::open("postgres://127.0.0.1:1/nothing").is_err());
+    }
+}

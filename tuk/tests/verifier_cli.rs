@@ -1,0 +1,672 @@
+//! The verifier service, the gateway and the signed kernel reference as a user runs them
+//! (issue 6): `tuk kernel build --sign`, `tuk verifier serve` (SQLite, then PostgreSQL started
+//! by the test from Debian's postgresql), `tuk gateway`, against a real instance (QEMU TCG,
+//! swtpm, signed components) and a real webhook receiver.
+//!
+//! The life of one instance: registered (and bad registrations refused), affirming with
+//! results signed by the verifier's key, traffic through the gateway; the verifier restarted
+//! with its history, key and schedule intact; the same on PostgreSQL; then the kernel's
+//! read-only data tampered: contraindicated within one interval of detection, the webhook
+//! told, and the gateway cutting traffic with the reason.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tuk_e2e::signing::{build, pack, sign};
+use tuk_e2e::{boot_full, free_listen, kernel_image, tamper, vtpm_ca_dir};
+use tuk_measure::policy::TrustPolicy;
+use tuk_measure::sign::SigningKey;
+
+const TUK: &str = env!("CARGO_BIN_EXE_tuk");
+/// The verifier's attestation interval in this test.
+const INTERVAL_MS: u64 = 1000;
+
+/// A `tuk` service process (verifier or gateway), stopped with SIGTERM on drop.
+struct Service {
+    child: Child,
+    _stdout: BufReader<ChildStdout>,
+    ready: Value,
+}
+
+impl Service {
+    fn start(args: &[&std::ffi::OsStr]) -> Service {
+        let mut child = Command::new(TUK)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run tuk");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the ready line");
+        let ready: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("tuk {args:?} printed {line:?}, not a ready line: {e}"));
+        assert_eq!(ready["event"], "ready", "{ready}");
+        Service {
+            child,
+            _stdout: stdout,
+            ready,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.ready["listen"].as_str().unwrap())
+    }
+
+    fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "the service exited with {status}");
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("the service did not stop within 10 s of SIGTERM");
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// (status, body) of a request; `body` JSON when given.
+fn call(method: &str, url: &str, body: Option<&Value>) -> (u16, String) {
+    let a = agent();
+    let r = match (method, body) {
+        ("GET", _) => a.get(url).call(),
+        ("DELETE", _) => a.delete(url).call(),
+        ("POST", Some(b)) => a
+            .post(url)
+            .header("Content-Type", "application/json")
+            .send(b.to_string().as_bytes()),
+        ("POST", None) => a.post(url).send_empty(),
+        ("PUT", Some(b)) => a.put(url).send(b.to_string().as_bytes()),
+        _ => unreachable!(),
+    };
+    let mut r = r.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_to_string().unwrap_or_default())
+}
+
+fn json_of(method: &str, url: &str, body: Option<&Value>, expect: u16) -> Value {
+    let (status, text) = call(method, url, body);
+    assert_eq!(status, expect, "{method} {url} → {status} {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {url}: {e}: {text}"))
+}
+
+/// Polls the instance at the verifier until `done` holds; panics after `within`.
+fn wait_instance(
+    verifier: &str,
+    id: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let start = Instant::now();
+    loop {
+        let doc = json_of("GET", &format!("{verifier}/v1/instances/{id}"), None, 200);
+        if done(&doc) {
+            eprintln!(
+                "instance {id}: {} after {:?}",
+                doc["status"],
+                start.elapsed()
+            );
+            return doc;
+        }
+        assert!(start.elapsed() < within, "not within {within:?}: {doc}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A PostgreSQL cluster of the test's own (Debian's postgresql binaries), stopped on drop.
+struct Postgres {
+    dir: PathBuf,
+    pg_ctl: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl Postgres {
+    fn bin() -> PathBuf {
+        let root = Path::new("/usr/lib/postgresql");
+        let mut versions: Vec<PathBuf> = std::fs::read_dir(root)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}: install Debian's postgresql (scripts/lib.sh lists it)",
+                    root.display()
+                )
+            })
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|b| b.join("initdb").exists())
+            .collect();
+        versions.sort();
+        versions
+            .pop()
+            .expect("no PostgreSQL server under /usr/lib/postgresql: install postgresql")
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    fn start(tag: &str) -> Postgres {
+        let bin = Postgres::bin();
+        let dir = std::env::temp_dir()
+            .join("tuk-e2e")
+            .join(format!("pg-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // PostgreSQL refuses to run as root: then the cluster belongs to the postgres user.
+        let as_postgres = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        if as_postgres {
+            assert!(Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap()
+                .success());
+        }
+        let port = free_listen().port();
+        let pg = Postgres {
+            dir: dir.clone(),
+            pg_ctl: bin.join("pg_ctl"),
+            port,
+            as_postgres,
+        };
+        let data = dir.join("data");
+        let out = pg
+            .command(&bin.join("initdb"))
+            .args(["-A", "trust", "-U", "tuk", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
+            dir.display()
+        );
+        let out = pg
+            .command(&pg.pg_ctl)
+            .args(["-w", "-t", "60", "-D"])
+            .arg(&data)
+            .args(["-l"])
+            .arg(dir.join("log"))
+            .args(["-o", &opts, "start"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+        );
+        pg
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://tuk@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command(&self.pg_ctl)
+            .args(["-m", "immediate", "-D"])
+            .arg(self.dir.join("data"))
+            .arg("stop")
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A webhook receiver: every POST body it got.
+fn webhook_receiver() -> (tuk_httpd::Running, Arc<Mutex<Vec<Value>>>) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&got);
+    let running = tuk_httpd::Server::bind("127.0.0.1:0".parse().unwrap())
+        .unwrap()
+        .spawn(Arc::new(move |req: &tuk_httpd::Request| {
+            if let Ok(v) = serde_json::from_slice::<Value>(&req.body) {
+                sink.lock().unwrap().push(v);
+            }
+            tuk_httpd::Response::new(204)
+        }))
+        .unwrap();
+    (running, got)
+}
+
+fn verifier_args(
+    state: &Path,
+    db: Option<&str>,
+    refs: &[std::ffi::OsString],
+) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = vec![
+        "verifier".into(),
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--interval".into(),
+        INTERVAL_MS.to_string().into(),
+        "--state-dir".into(),
+        state.into(),
+    ];
+    if let Some(db) = db {
+        a.push("--db".into());
+        a.push(db.into());
+    }
+    a.extend(refs.iter().cloned());
+    a
+}
+
+fn os(v: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
+    v.iter().map(|s| s.as_os_str()).collect()
+}
+
+#[test]
+fn verifier_gateway_and_kernel_reference() {
+    let dir = std::env::temp_dir()
+        .join("tuk-e2e")
+        .join(format!("verifier-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // Keys: one signs the components, one the kernel reference.
+    let key = SigningKey::generate().unwrap();
+    let key_pub = dir.join("components.pub");
+    std::fs::write(&key_pub, key.trusted_key().to_json()).unwrap();
+    let kernel_key = SigningKey::generate().unwrap();
+    let kernel_key_file = dir.join("kernel.key");
+    std::fs::write(&kernel_key_file, kernel_key.to_pkcs8_pem().as_bytes()).unwrap();
+    let kernel_pub = dir.join("kernel.pub");
+    std::fs::write(&kernel_pub, kernel_key.trusted_key().to_json()).unwrap();
+
+    // `tuk kernel build --sign`: the image is built already, so this only signs its reference.
+    let root = tuk_e2e::signing::repo_root();
+    let out = Command::new(TUK)
+        .args(["kernel", "build", "--source"])
+        .arg(&root)
+        .arg("--sign")
+        .arg(&kernel_key_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tuk kernel build --sign: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let built: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reference = PathBuf::from(built["reference"].as_str().expect("a reference path"));
+    let image = PathBuf::from(built["path"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read(&image).unwrap(),
+        std::fs::read(kernel_image()).unwrap(),
+        "the tests boot the image `tuk kernel build` builds"
+    );
+    let r = tuk_measure::kernel_ref::verify(
+        &std::fs::read(&reference).unwrap(),
+        &[kernel_key.trusted_key()],
+    )
+    .unwrap();
+    assert_eq!(
+        tuk_measure::hex(&r.sha256),
+        built["sha256"].as_str().unwrap()
+    );
+    // A reference signed by a key the verifier does not trust is refused at start.
+    let out = Command::new(TUK)
+        .args([
+            "verifier",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(dir.join("untrusted"))
+        .arg("--ca")
+        .arg(vtpm_ca_dir())
+        .arg("--kernel-ref")
+        .arg(&reference)
+        .arg("--kernel-ref-key")
+        .arg(&key_pub)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no signature on the kernel reference verifies"),
+        "{err}"
+    );
+
+    // The instance: signed hello and kv, in-guest re-measurement every 100 ms.
+    let built = build(&["hello", "kv"]);
+    let policy = TrustPolicy {
+        keys: vec![key.trusted_key()],
+        allowed_names: None,
+        min_versions: Default::default(),
+    };
+    let bundles: Vec<(&str, Vec<u8>)> = ["hello", "kv"]
+        .iter()
+        .map(|n| (*n, sign(&key, n, "1.0.0", &built[*n])))
+        .collect();
+    let pack = pack(&dir.join("pack"), &bundles, &policy);
+    let vm = boot_full(
+        "verifier-cli",
+        &[("integrity.interval_ms", "100")],
+        Some(&pack),
+        96,
+    );
+    let ca = vtpm_ca_dir();
+    let refs: Vec<std::ffi::OsString> = vec![
+        "--ca".into(),
+        ca.into(),
+        "--kernel-ref".into(),
+        reference.clone().into(),
+        "--kernel-ref-key".into(),
+        kernel_pub.clone().into(),
+        "--trust".into(),
+        key_pub.clone().into(),
+    ];
+
+    // The verifier on SQLite, a webhook.
+    let state = dir.join("verifier");
+    let args = verifier_args(&state, None, &refs);
+    let v = Service::start(&os(&args));
+    assert_eq!(v.ready["store"], "sqlite");
+    let base = v.url();
+    let (hooks, got) = webhook_receiver();
+    let hook = json_of(
+        "POST",
+        &format!("{base}/v1/webhooks"),
+        Some(&json!({"url": format!("http://{}/hook", hooks.addr())})),
+        201,
+    );
+    assert!(hook["id"].is_string());
+
+    // Bad registrations: not JSON, a bad id, nothing listening.
+    let (status, text) = call("POST", &format!("{base}/v1/instances"), None);
+    assert_eq!(status, 400, "{text}");
+    let (status, text) = call(
+        "POST",
+        &format!("{base}/v1/instances"),
+        Some(&json!({"url": vm.url(), "id": "Bad Id"})),
+    );
+    assert_eq!(status, 400, "{text}");
+    let (status, text) = call(
+        "POST",
+        &format!("{base}/v1/instances"),
+        Some(&json!({"url": format!("http://{}", free_listen())})),
+    );
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("cannot reach"), "{text}");
+    let (status, _) = call("GET", &format!("{base}/v1/instances/nobody"), None);
+    assert_eq!(status, 404);
+
+    // Registration: credential activation, then affirming within an interval or two.
+    let reg = json_of(
+        "POST",
+        &format!("{base}/v1/instances"),
+        Some(&json!({"url": vm.url(), "id": "a"})),
+        201,
+    );
+    assert_eq!(reg["status"], "pending");
+    let (status, text) = call(
+        "POST",
+        &format!("{base}/v1/instances"),
+        Some(&json!({"url": vm.url(), "id": "a"})),
+    );
+    assert_eq!(status, 409, "{text}");
+    let doc = wait_instance(&base, "a", Duration::from_secs(30), |d| {
+        d["status"] != "pending"
+    });
+    assert_eq!(doc["status"], "affirming", "{doc}");
+    let latest = &doc["latest"];
+    let jwk = json_of("GET", &format!("{base}/v1/key"), None, 200);
+    let key_bytes = tuk_verifier::ear::key_of_jwk(&jwk).unwrap();
+    let claims = tuk_verifier::ear::verify(latest["ear"].as_str().unwrap(), &key_bytes).unwrap();
+    assert_eq!(claims, latest["claims"]);
+    assert_eq!(claims["ear_status"], "affirming");
+    assert_eq!(claims["tuk_instance"], "a");
+    for sub in ["kernel", "component:hello", "component:kv"] {
+        assert_eq!(
+            claims["submods"][sub]["ear_status"], "affirming",
+            "{sub}: {claims}"
+        );
+    }
+    assert_eq!(
+        claims["submods"]["kernel"]["ear_verifier_claims"]["kernel_sha256"],
+        tuk_measure::hex(&r.sha256)
+    );
+
+    // The gateway forwards while affirming.
+    let gw_args: Vec<std::ffi::OsString> = vec![
+        "gateway".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--upstream".into(),
+        vm.url().into(),
+        "--verifier".into(),
+        base.clone().into(),
+        "--instance".into(),
+        "a".into(),
+    ];
+    let gw = Service::start(&os(&gw_args));
+    let gw_url = gw.url();
+    let (status, body) = call("GET", &format!("{gw_url}/hello/"), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("hello"), "{body}");
+    let (status, body) = call("PUT", &format!("{gw_url}/kv/kv/k1"), Some(&json!({"v": 1})));
+    assert!(status < 300, "{status} {body}");
+    let (status, body) = call("GET", &format!("{gw_url}/kv/kv/k1"), None);
+    assert_eq!((status, body.as_str()), (200, r#"{"v":1}"#));
+
+    // Three results at least, then restart: history, key and schedule survive.
+    wait_instance(&base, "a", Duration::from_secs(30), |d| {
+        d["latest"]["seq"].as_i64() >= Some(3)
+    });
+    let before = json_of(
+        "GET",
+        &format!("{base}/v1/instances/a/results?limit=100"),
+        None,
+        200,
+    );
+    let before = before["results"].as_array().unwrap().clone();
+    v.stop();
+    let v = Service::start(&os(&args));
+    let base2 = v.url();
+    assert_eq!(v.ready["instances"], 1);
+    let after = json_of(
+        "GET",
+        &format!("{base2}/v1/instances/a/results?limit=1000"),
+        None,
+        200,
+    );
+    let after = after["results"].as_array().unwrap();
+    for r in &before {
+        assert!(
+            after.contains(r),
+            "result {} lost across the restart",
+            r["seq"]
+        );
+    }
+    let top = before[0]["seq"].as_i64().unwrap();
+    wait_instance(&base2, "a", Duration::from_secs(30), |d| {
+        d["latest"]["seq"].as_i64() > Some(top)
+    });
+    assert_eq!(
+        json_of("GET", &format!("{base2}/v1/key"), None, 200),
+        jwk,
+        "the signing key changed"
+    );
+    let (status, text) = call(
+        "GET",
+        &format!("{base2}/v1/instances/a/results?limit=x"),
+        None,
+    );
+    assert_eq!(status, 400, "{text}");
+    // The gateway follows the new verifier only through its own restart; start one there.
+    drop(gw);
+    let gw_args2: Vec<std::ffi::OsString> = gw_args
+        .iter()
+        .map(|a| {
+            if *a == *base {
+                base2.clone().into()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    let gw = Service::start(&os(&gw_args2));
+    let gw_url = gw.url();
+
+    // The same service on PostgreSQL, across a restart.
+    let pg = Postgres::start("verifier");
+    let pg_state = dir.join("verifier-pg");
+    let pg_args = verifier_args(&pg_state, Some(&pg.url()), &refs);
+    let p = Service::start(&os(&pg_args));
+    assert_eq!(p.ready["store"], "postgresql");
+    let pbase = p.url();
+    json_of(
+        "POST",
+        &format!("{pbase}/v1/instances"),
+        Some(&json!({"url": vm.url(), "id": "a-pg"})),
+        201,
+    );
+    wait_instance(&pbase, "a-pg", Duration::from_secs(30), |d| {
+        d["latest"]["seq"].as_i64() >= Some(2)
+    });
+    let pg_before = json_of(
+        "GET",
+        &format!("{pbase}/v1/instances/a-pg/results"),
+        None,
+        200,
+    )["results"]
+        .clone();
+    assert_eq!(pg_before[0]["status"], "affirming", "{pg_before}");
+    p.stop();
+    let p = Service::start(&os(&pg_args));
+    let pbase = p.url();
+    let pg_after = json_of(
+        "GET",
+        &format!("{pbase}/v1/instances/a-pg/results?limit=1000"),
+        None,
+        200,
+    )["results"]
+        .clone();
+    for r in pg_before.as_array().unwrap() {
+        assert!(
+            pg_after.as_array().unwrap().contains(r),
+            "PostgreSQL lost result {}",
+            r["seq"]
+        );
+    }
+    p.stop();
+
+    // Metrics.
+    let (status, metrics) = call("GET", &format!("{base2}/metrics"), None);
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("tuk_verifier_instances{status=\"affirming\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE tuk_verifier_attestation_duration_seconds histogram"),
+        "{metrics}"
+    );
+
+    // The attack: a byte of the kernel's read-only data. The in-guest monitor records it in
+    // PCR 10 within its 100 ms interval; the next attestation sees it.
+    let (status, _) = call("GET", &format!("{gw_url}/hello/"), None);
+    assert_eq!(status, 200);
+    let offset = tuk_e2e::kernel_rodata_offset_of(b"no component serves this path");
+    let tampered_at = Instant::now();
+    tamper(&vm, "kernel:rodata", offset);
+    let doc = wait_instance(
+        &base2,
+        "a",
+        Duration::from_millis(2 * INTERVAL_MS + 3000),
+        |d| d["status"] == "contraindicated",
+    );
+    eprintln!(
+        "contraindicated {:?} after the tamper",
+        tampered_at.elapsed()
+    );
+    let reasons =
+        doc["latest"]["claims"]["submods"]["kernel"]["ear_verifier_claims"]["reasons"].to_string();
+    assert!(reasons.contains("changed since boot"), "{reasons}");
+    // The gateway cuts traffic within its poll (a quarter interval) and says why.
+    let start = Instant::now();
+    loop {
+        let (status, body) = call("GET", &format!("{gw_url}/hello/"), None);
+        if status == 503 {
+            assert!(body.contains("contraindicated"), "{body}");
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            start.elapsed() < Duration::from_millis(INTERVAL_MS),
+            "the gateway still forwards: {body}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let status = json_of("GET", &format!("{gw_url}/_gateway/status"), None, 200);
+    assert_eq!(status["admit"], false, "{status}");
+    // The webhook heard affirming → contraindicated (and pending → affirming before).
+    let start = Instant::now();
+    loop {
+        let events = got.lock().unwrap().clone();
+        let seen = |from: &str, to: &str| {
+            events
+                .iter()
+                .any(|e| e["instance"] == "a" && e["previous"] == from && e["status"] == to)
+        };
+        if seen("pending", "affirming") && seen("affirming", "contraindicated") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "webhook events: {events:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    gw.stop();
+    v.stop();
+    hooks.stop();
+    drop(pg);
+    let _ = std::fs::remove_dir_all(&dir);
+}
