@@ -590,7 +590,7 @@ def main():
         "",
         "## Boot time",
         "",
-        f"{params.get('boot_reps')} boots per side at {params.get('memory')} MiB, alternating tuk, Linux, tuk, … "
+        f"Boots per side: {params.get('boot_reps')}, at {params.get('memory')} MiB, alternating tuk, Linux, tuk, … "
         "Median (min–max). Each tuk boot gets a fresh state directory, so its vTPM is "
         "manufactured every time (outside `boot_ms`, inside the command → ready time).",
         "",
@@ -607,7 +607,7 @@ def main():
         "## Throughput and latency",
         "",
         f"`wrk --latency --timeout 10s`, keep-alive, {params.get('duration')} s per cell, "
-        f"{params.get('load_reps')} repetitions; one thread at 1 connection, two otherwise. Both VMs "
+        f"repetitions: {params.get('load_reps')}; one thread at 1 connection, two otherwise. Both VMs "
         f"({params.get('memory')} MiB each) run at the same time and wrk alternates between them cell by "
         "cell (the side that goes first alternates by repetition), so host noise hits both; the idle "
         "one costs what the idle-CPU table says. kv: `scripts/evaluate-kv.lua`, 20 % PUT / 80 % GET "
