@@ -652,10 +652,10 @@ def main():
         "for req/s a ratio above 1 favours tuk, for latency below 1 does.",
         "",
         *load_lines,
-        "p99 values of a second or more at 16 and 64 connections appear on both sides and in steps "
-        "of about a second; most likely these are TCP retransmissions between QEMU's user-network "
-        "stack and the guest, not request cost. They vary widely between repetitions (see "
-        "min–max): medians and requests/s are the steadier signal.",
+        "p99 values around a second or more at 16 and 64 connections appear on both sides and swing "
+        "between repetitions (see min–max): they are stalls of a few requests (most likely TCP "
+        "retransmissions on the path through QEMU's user networking), not the typical request's "
+        "cost. Medians and requests/s are the steadier signal.",
         "",
         f"![hello latency]({rel}/latency-hello.svg) ![kv latency]({rel}/latency-kv.svg)",
         "",
