@@ -50,6 +50,9 @@ FUNCTIONS = [
      "crates/tuk-attest/tests/swtpm.rs", "swtpm", "ecc_eks_certificate_and_credential_activation"),
     ("Attestation end to end (tests/tests/attest.rs)",
      "tests/tests/attest.rs", "attest", ""),
+    ("Attestation-gated traffic: a kernel tamper turns the verifier's signed result "
+     "contraindicated and the gateway answers 503; history survives restarts (SQLite, PostgreSQL)",
+     "tuk/tests/verifier_cli.rs", "verifier_cli", "verifier_gateway_and_kernel_reference"),
 ]
 
 
