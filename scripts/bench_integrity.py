@@ -8,7 +8,8 @@ Measures, in one run on one machine:
 - detection latency (tamper → violation visible in /_tuk/status) at several intervals;
 - the out-of-guest monitor's time per check, when the launcher reports it.
 
-Writes a Markdown section to the path given as argv[1]. Every number comes from this run.
+Writes a Markdown section to the path given as argv[1], and (for scripts/evaluate) the raw
+numbers as JSON to argv[2] if given. Every number comes from this run.
 """
 
 import json
@@ -29,6 +30,9 @@ TUK = os.path.join(ROOT, "target", "release", "tuk")
 COMPONENTS = os.path.join(ROOT, "target", "components")
 WORK = tempfile.mkdtemp(prefix="tuk-bench-integrity-")
 VMS = []
+# The raw numbers, for argv[2]: throughput per configuration, CPU share and µs/MiB per
+# interval, detection latencies per interval (ms).
+RAW = {"throughput": {}, "cpu_share_pct": {}, "us_per_mib": {}, "detection_ms": {}}
 
 
 def free_port():
@@ -113,11 +117,14 @@ def throughput(rows, overhead):
             health = http_json(vm.url + "/_tuk/health")
             uptime_us = health["uptime_ms"] * 1000
             results[label].append((rps1, rps16))
+            RAW["throughput"].setdefault(str(interval), []).append([rps1, rps16])
             load = os.getloadavg()[0]
             rows.append(f"| {label} | {rnd} | {rps1:.0f} | {p50} | {p99} | {rps16:.0f} | {p50_16} | {p99_16} | {s['rounds']} | {load:.1f} |")
             if interval:
                 share = 100.0 * s["total_round_us"] / uptime_us
                 per_mib = s["last_round_us"] / (s["last_round_bytes"] / 1048576)
+                RAW["cpu_share_pct"].setdefault(str(interval), []).append(share)
+                RAW["us_per_mib"].setdefault(str(interval), []).append(per_mib)
                 overhead.append(
                     f"| {label} | {rnd} | {s['rounds']} | {s['total_round_us'] / max(s['rounds'], 1):.0f} | "
                     f"{s['max_round_us']} | {s['last_round_bytes']} | {per_mib:.0f} | {share:.2f} % |")
@@ -157,6 +164,7 @@ def detection(rows):
                 time.sleep(0.002)
             lat.append((time.monotonic() - t0) * 1000)
         lat.sort()
+        RAW["detection_ms"][str(interval)] = lat
         p50 = statistics.median(lat)
         p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
         rows.append(f"| {interval} ms | {samples} | {p50:.0f} | {p99:.0f} | {lat[0]:.0f} | {lat[-1]:.0f} |")
@@ -172,6 +180,7 @@ def main():
     rates_vm = Vm("rates", 1000)
     s = rates_vm.status()
     rates = s["hash_rates"]
+    RAW["hash_rates"] = rates
     rates_vm.stop()
 
     tp_rows, overhead_rows = [], []
@@ -225,6 +234,9 @@ def main():
         for r in det_rows:
             w(r)
         w()
+    if len(sys.argv) > 2:
+        with open(sys.argv[2], "w") as f:
+            json.dump(RAW, f)
 
 
 if __name__ == "__main__":

@@ -59,9 +59,7 @@ pub struct ReferenceArgs {
 
 impl ReferenceArgs {
     pub fn load(&self) -> Result<References> {
-        let ca_dir = self.ca.clone().unwrap_or_else(tuk_vtpm::default_ca_dir);
-        let ca = Ca::load(&ca_dir)
-            .with_context(|| format!("cannot load the vTPM CA from {}", ca_dir.display()))?;
+        // The signed references first: a bad one is the user's most likely mistake.
         let kernel_sha256 = match (&self.kernel_ref, &self.kernel) {
             (Some(path), _) => {
                 let keys = crate::sign::policy_of_keys(&self.kernel_ref_key)?.keys;
@@ -87,6 +85,9 @@ impl ReferenceArgs {
             (None, false) => Some(crate::sign::policy_of_keys(&self.trust)?),
             (None, true) => None,
         };
+        let ca_dir = self.ca.clone().unwrap_or_else(tuk_vtpm::default_ca_dir);
+        let ca = Ca::load(&ca_dir)
+            .with_context(|| format!("cannot load the vTPM CA from {}", ca_dir.display()))?;
         Ok(References {
             ca,
             kernel_sha256,
@@ -120,6 +121,10 @@ pub struct ServeArgs {
     /// Seconds each request to an instance or a webhook may take.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     timeout: u64,
+    /// Delete results older than this many days (checked every minute; each instance's latest
+    /// result is always kept). 0 keeps every result.
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    retain_days: u64,
     #[command(flatten)]
     refs: ReferenceArgs,
 }
@@ -177,6 +182,7 @@ pub fn verifier(cmd: VerifierCommand) -> Result<ExitCode> {
         refs,
         workers: args.workers.max(1),
         timeout: Duration::from_secs(args.timeout.max(1)),
+        retention: (args.retain_days > 0).then(|| Duration::from_secs(args.retain_days * 86_400)),
     };
     let service = tuk_verifier::Verifier::start(cfg, store, signer)
         .context("cannot load the verifier's state")?;

@@ -183,13 +183,18 @@ impl Postgres {
 
     fn start(tag: &str) -> Postgres {
         let bin = Postgres::bin();
-        let dir = std::env::temp_dir()
-            .join("tuk-e2e")
-            .join(format!("pg-{tag}-{}", std::process::id()));
+        // PostgreSQL refuses to run as root: then the cluster belongs to the postgres user, which
+        // must be able to reach its directory. A private $TMPDIR (mode 0700, e.g. mktemp -d)
+        // would stop it at the parent, so as root the cluster lives directly under /tmp.
+        let as_postgres = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        let base = if as_postgres {
+            PathBuf::from("/tmp")
+        } else {
+            std::env::temp_dir().join("tuk-e2e")
+        };
+        let dir = base.join(format!("tuk-pg-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        // PostgreSQL refuses to run as root: then the cluster belongs to the postgres user.
-        let as_postgres = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
         if as_postgres {
             assert!(Command::new("chown")
                 .args(["-R", "postgres"])

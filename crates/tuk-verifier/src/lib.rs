@@ -51,6 +51,8 @@ pub struct Config {
     pub workers: usize,
     /// Bounds each request to an instance or a webhook.
     pub timeout: Duration,
+    /// Results older than this are deleted (each instance's latest is kept); None keeps all.
+    pub retention: Option<Duration>,
 }
 
 /// An instance as the service tracks it.
@@ -466,9 +468,19 @@ fn spawn_scheduler(v: Arc<Verifier>) {
                 }
             });
     }
+    let mut last_prune = Instant::now();
     let _ = thread::Builder::new()
         .name("attest-scheduler".into())
         .spawn(move || loop {
+            if let Some(keep) = v.cfg.retention {
+                if last_prune.elapsed() >= Duration::from_secs(60) {
+                    last_prune = Instant::now();
+                    let before = now_ms() - keep.as_millis() as i64;
+                    if let Err(e) = v.store.prune(before) {
+                        eprintln!("tuk-verifier: cannot prune old results: {e}");
+                    }
+                }
+            }
             for id in v.take_due() {
                 if tx.send(id).is_err() {
                     return;

@@ -311,6 +311,15 @@ impl Store {
         Ok(rows.first().map_or((0, 0), |r| (r[0].int(), r[1].int())))
     }
 
+    /// Deletes results made before `before` (Unix ms), but never an instance's latest; returns
+    /// how many went.
+    pub fn prune(&self, before: i64) -> Result<u64, StoreError> {
+        self.execute(
+            "DELETE FROM results WHERE at < $1 AND seq < (SELECT MAX(r.seq) FROM results r WHERE r.instance = results.instance)",
+            &[Param::Int(before)],
+        )
+    }
+
     pub fn add_webhook(&self, id: &str, url: &str, created_at: i64) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO webhooks (id, url, created_at) VALUES ($1, $2, $3)",
@@ -418,6 +427,10 @@ mod tests {
             Some("jwt-2")
         );
         assert_eq!(s.result_volume().unwrap(), (3, 15));
+        // Pruning keeps each instance's latest result however old it is.
+        assert_eq!(s.prune(10).unwrap(), 1);
+        assert_eq!(s.results("a", 10, None).unwrap().len(), 1);
+        assert_eq!(s.results("b", 10, None).unwrap().len(), 1);
         assert_eq!(s.webhooks().unwrap(), [("w1".into(), "http://hook".into())]);
         assert!(s.delete_instance("a").unwrap());
         assert!(!s.delete_instance("a").unwrap());
