@@ -337,7 +337,7 @@ def line_chart(title, xlabel, ylabel, xs, series, log_y=False):
         lo, hi = min(0.0, min(values)), max(values) * 1.15 or 1
         y = lambda v: top + (h - top - bottom) * (1 - (v - lo) / (hi - lo))
         step = nice_step((hi - lo) / 5)
-        ticks, t = [], step * math.floor(lo / step)
+        ticks, t = [], step * math.ceil(lo / step)
         while t <= hi:
             ticks.append(t)
             t += step
@@ -386,9 +386,10 @@ def security_section(records, raw, plot_dir, rel, params):
                   "`GET /hello/` with the in-kernel monitor off and at three intervals (hello, kv and notes "
                   "signed; 96 MiB guest; wrk 8 s; two rounds, the second in reverse order; mean of the "
                   "rounds). CPU share = the monitor's total round time / uptime, from `/_tuk/status`.", "",
-                  "| interval | req/s @1 | loss @1 | req/s @16 | loss @16 | monitor CPU share | µs per MiB |",
+                  "| interval | req/s @1 (min–max of rounds) | loss @1 | req/s @16 (min–max) | loss @16 | "
+                  "monitor CPU share | µs per MiB |",
                   "|---|---|---|---|---|---|---|",
-                  f"| off | {fmt(b1)} | – | {fmt(b16)} | – | – | – |"]
+                  f"| off | {cell(summary([r[0] for r in base]))} | – | {cell(summary([r[1] for r in base]))} | – | – | – |"]
         loss1, loss16, share = [], [], []
         for iv in intervals:
             rows = tp.get(iv, [])
@@ -400,11 +401,14 @@ def security_section(records, raw, plot_dir, rel, params):
             loss1.append(l1)
             loss16.append(l16)
             share.append(sh)
-            lines.append(f"| {iv} ms | {fmt(m1)} | {fmt(l1, 1)} % | {fmt(m16)} | {fmt(l16, 1)} % | "
+            lines.append(f"| {iv} ms | {cell(summary([r[0] for r in rows]))} | {fmt(l1, 1)} % | "
+                         f"{cell(summary([r[1] for r in rows]))} | {fmt(l16, 1)} % | "
                          f"{fmt(sh, 2)} % | {fmt(mib)} |")
-        lines += ["", "A negative loss is noise (faster than off). The CPU share is the steadier signal "
-                  "of the monitor's cost; the throughput loss is within the run's noise unless it is "
-                  "larger than the spread between rounds.", ""]
+        lines += ["", "Loss = 1 − mean(req/s) / mean(req/s with the monitor off). A negative loss is "
+                  "noise (faster than off): under TCG on a shared 2-core host, throughput swings by tens "
+                  "of percent between rounds (see min–max), more than the monitor costs at 100 ms and "
+                  "above. The CPU share, measured inside the guest, is the steadier signal of what "
+                  "re-measurement costs.", ""]
         name = "integrity-overhead.svg"
         write_svg(os.path.join(plot_dir, name), line_chart(
             "Run-time re-measurement: cost vs interval", "re-measurement interval", "%",
