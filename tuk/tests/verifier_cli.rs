@@ -7,7 +7,9 @@
 //! results signed by the verifier's key, traffic through the gateway; the verifier restarted
 //! with its history, key and schedule intact; the same on PostgreSQL; then the kernel's
 //! read-only data tampered: contraindicated within one interval of detection, the webhook
-//! told, and the gateway cutting traffic with the reason.
+//! told, and the gateway cutting traffic with the reason. Interop: each signed result (the
+//! affirming and the contraindicated one) parses and validates with Veraison's `ear` crate
+//! (`interop/ear-check`, built by this test outside the workspace).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -25,6 +27,47 @@ use tuk_measure::sign::SigningKey;
 const TUK: &str = env!("CARGO_BIN_EXE_tuk");
 /// The verifier's attestation interval in this test.
 const INTERVAL_MS: u64 = 1000;
+
+/// Parses one signed EAR with Veraison's `ear` crate through `interop/ear-check` (built here,
+/// into the workspace's target directory, on first use) and returns what the crate read:
+/// `{"profile", "status", "submods": {NAME: STATUS}}`. Panics if the crate refuses it.
+fn ear_crate_reads(jwt: &str) -> Value {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let exe = BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let target = root.join("target/interop");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--quiet",
+                "--manifest-path",
+            ])
+            .arg(root.join("interop/ear-check/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("run cargo to build interop/ear-check");
+        assert!(status.success(), "building interop/ear-check failed");
+        target.join("release/tuk-ear-check")
+    });
+    let mut child = Command::new(exe)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tuk-ear-check");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), jwt.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the ear crate refused tuk's result: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("tuk-ear-check prints JSON")
+}
 
 /// A `tuk` service process (verifier or gateway), stopped with SIGTERM on drop.
 struct Service {
@@ -477,6 +520,12 @@ fn verifier_gateway_and_kernel_reference() {
         claims["submods"]["kernel"]["ear_verifier_claims"]["kernel_sha256"],
         tuk_measure::hex(&r.sha256)
     );
+    let read = ear_crate_reads(latest["ear"].as_str().unwrap());
+    assert_eq!(read["profile"], tuk_attest::result::EAR_PROFILE, "{read}");
+    assert_eq!(read["status"], "affirming", "{read}");
+    for sub in ["kernel", "component:hello", "component:kv"] {
+        assert_eq!(read["submods"][sub], "affirming", "{read}");
+    }
 
     // The gateway forwards while affirming.
     let gw_args: Vec<std::ffi::OsString> = vec![
@@ -634,6 +683,9 @@ fn verifier_gateway_and_kernel_reference() {
     let reasons =
         doc["latest"]["claims"]["submods"]["kernel"]["ear_verifier_claims"]["reasons"].to_string();
     assert!(reasons.contains("changed since boot"), "{reasons}");
+    let read = ear_crate_reads(doc["latest"]["ear"].as_str().unwrap());
+    assert_eq!(read["status"], "contraindicated", "{read}");
+    assert_eq!(read["submods"]["kernel"], "contraindicated", "{read}");
     // The gateway cuts traffic within its poll (a quarter interval) and says why.
     let start = Instant::now();
     loop {
