@@ -1,6 +1,6 @@
 //! Remote attestation, end to end (issue 6): real instances under QEMU TCG with their own
 //! swtpm, signed components, and the verifier's code (`tuk_attest`) over the kernel's
-//! `/_tuk/attestation` endpoints.
+//! `/_tuk/attestation` endpoints; the kernel's quote also verified by `tpm2_checkquote`.
 //!
 //! One instance goes through a life: affirming; its evidence replayed for another nonce,
 //! forged (a PCR 9 record's content) and reordered, each refused; a quote verified with
@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tuk_attest::appraise::{appraise, verify_identity, Ca, References, Refusal};
+use tuk_attest::appraise::{appraise, qualifying_data, verify_identity, Ca, References, Refusal};
 use tuk_attest::attester::{attest, Activation, AttestError, Attester, HttpAttester};
 use tuk_attest::credential::Credential;
 use tuk_attest::evidence::{Evidence, Identity};
@@ -186,6 +186,64 @@ fn attestation_of_an_instance_through_its_life() {
         appraise(ak, &restated, &n2, &refs),
         Err(Refusal::Quote(QuoteError::QualifyingData { .. }))
     ));
+
+    // Interop: the kernel's quote verifies with tpm2_checkquote (tpm2-tools), given the AK as
+    // PEM, the PCR values replayed from the instance's own event log and the qualifying data
+    // for this nonce; the same quote for another nonce, or another PCR value, is refused.
+    let dir = a.state_dir().join("checkquote");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ak.pem"), ak.to_pem()).unwrap();
+    std::fs::write(dir.join("quote.msg"), &evidence.attest).unwrap();
+    std::fs::write(dir.join("quote.sig"), &evidence.signature).unwrap();
+    let replayed = tuk_measure::eventlog::replay(&evidence.eventlog).unwrap();
+    let values: Vec<u8> = evidence
+        .pcrs
+        .iter()
+        .flat_map(|pcr| replayed.get(pcr).copied().unwrap_or([0; 32]))
+        .collect();
+    let pcr_list = format!(
+        "sha256:{}",
+        evidence
+            .pcrs
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let checkquote = |values: &[u8], nonce: &[u8]| {
+        std::fs::write(dir.join("pcrs.bin"), values).unwrap();
+        let qualifying = qualifying_data(nonce, &evidence.report);
+        let hex: String = qualifying.iter().map(|b| format!("{b:02x}")).collect();
+        std::process::Command::new("tpm2_checkquote")
+            .current_dir(&dir)
+            .args([
+                "-u",
+                "ak.pem",
+                "-m",
+                "quote.msg",
+                "-s",
+                "quote.sig",
+                "-f",
+                "pcrs.bin",
+            ])
+            .args(["-l", &pcr_list, "-g", "sha256", "-q", &hex])
+            .output()
+            .expect("run tpm2_checkquote (apt-get install tpm2-tools)")
+    };
+    let out = checkquote(&values, &n1);
+    assert!(
+        out.status.success(),
+        "tpm2_checkquote refused the kernel's quote: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!checkquote(&values, &n2).status.success(), "another nonce");
+    let mut other_values = values.clone();
+    other_values[0] ^= 1;
+    assert!(
+        !checkquote(&other_values, &n1).status.success(),
+        "another PCR value"
+    );
 
     // 3. A forged PCR 9 record: its content changed (digest kept), then its digest too.
     let nines: Vec<usize> = (0..evidence.eventlog.len())
