@@ -39,6 +39,9 @@ FUNCTIONS = [
      "tests/tests/integrity.rs", "integrity", "quarantine_answers_503_until_a_newer_version_is_published"),
     ("Run-time tamper response: halt (exit 65, PCR 10 saved)",
      "tests/tests/integrity.rs", "integrity", "halt_policy_stops_the_vm_with_pcr_10_saved"),
+    ("Run-time page-table audit: a page of a component's memory made writable and executable "
+     "from the host is found and recorded in PCR 10",
+     "tests/tests/integrity.rs", "integrity", "a_writable_executable_page_is_found_by_the_page_table_audit"),
     ("Run-time tamper detection from the host (out-of-guest monitor)",
      "tests/tests/monitor.rs", "monitor", "out_of_guest_monitor_catches_kernel_tampering_once_each"),
     ("Attestation failure: a replayed nonce, a changed or swapped PCR value, another PCR set, "
@@ -48,10 +51,12 @@ FUNCTIONS = [
      "crates/tuk-attest/tests/swtpm.rs", "swtpm", "rsa_ek_certificate_and_credential_activation"),
     ("Attestation: EK certificate chain and credential activation (ECC)",
      "crates/tuk-attest/tests/swtpm.rs", "swtpm", "ecc_eks_certificate_and_credential_activation"),
-    ("Attestation end to end (tests/tests/attest.rs)",
+    ("Attestation end to end: forged, reordered and replayed evidence, a relayed AK, run-time "
+     "tampers; the kernel's quote verified by tpm2_checkquote",
      "tests/tests/attest.rs", "attest", ""),
     ("Attestation-gated traffic: a kernel tamper turns the verifier's signed result "
-     "contraindicated and the gateway answers 503; history survives restarts (SQLite, PostgreSQL)",
+     "contraindicated and the gateway answers 503; history survives restarts (SQLite, PostgreSQL); "
+     "results parse with Veraison's ear crate",
      "tuk/tests/verifier_cli.rs", "verifier_cli", "verifier_gateway_and_kernel_reference"),
 ]
 

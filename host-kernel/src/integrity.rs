@@ -195,6 +195,11 @@ pub struct RoundStats {
     pub total_us: u64,
     /// Bytes hashed in the last round (kernel + code images + immutable data).
     pub last_bytes: u64,
+    /// Where the last round's time went: the kernel's text and rodata, the page-table walk,
+    /// the components' code images and invariants (µs each; the sum is about `last_us`).
+    pub last_kernel_us: u64,
+    pub last_wx_us: u64,
+    pub last_components_us: u64,
 }
 
 pub struct Monitor {
@@ -309,7 +314,9 @@ impl Monitor {
                 });
             }
         }
+        let kernel_done = arch::now_us();
         let wx = arch::audit_wx();
+        let wx_done = arch::now_us();
         if wx.writable_executable_pages != 0 {
             found.push(Violation::simple(
                 "kernel-wx",
@@ -345,7 +352,11 @@ impl Monitor {
             }
         }
 
-        let took = arch::now_us().saturating_sub(now_us);
+        let end = arch::now_us();
+        let took = end.saturating_sub(now_us);
+        self.stats.last_kernel_us = kernel_done.saturating_sub(now_us);
+        self.stats.last_wx_us = wx_done.saturating_sub(kernel_done);
+        self.stats.last_components_us = end.saturating_sub(wx_done);
         self.stats.rounds += 1;
         self.stats.last_us = took;
         self.stats.max_us = self.stats.max_us.max(took);

@@ -175,6 +175,10 @@ impl Router {
             map.insert("reason".into(), json!(m.kernel.untrusted_reason()));
             map.insert("text".into(), json!({"addr": text.as_ptr() as u64, "len": text.len(), "sha256": hex(m.kernel_text_sha256())}));
             map.insert("rodata".into(), json!({"addr": rodata.as_ptr() as u64, "len": rodata.len(), "sha256": hex(m.kernel_rodata_sha256())}));
+            map.insert(
+                "page_tables".into(),
+                json!({"root": crate::arch::page_table_root()}),
+            );
         }
         let body = json!({
             "interval_ms": m.settings.interval_ms,
@@ -184,6 +188,11 @@ impl Router {
             "max_round_us": m.stats.max_us,
             "total_round_us": m.stats.total_us,
             "last_round_bytes": m.stats.last_bytes,
+            "last_round_parts_us": {
+                "kernel": m.stats.last_kernel_us,
+                "wx_audit": m.stats.last_wx_us,
+                "components": m.stats.last_components_us,
+            },
             "hash_rates": {
                 "sha256_mb_s": m.hash_rates.sha256_mb_s,
                 "fingerprint_mb_s": m.hash_rates.fingerprint_mb_s,

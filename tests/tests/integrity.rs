@@ -1,7 +1,8 @@
 //! Run-time integrity, end to end (issue: dynamic integrity measurement): signed components
 //! run under the in-kernel monitor while an attacker with hypervisor-level access (`tuk
 //! tamper`, writing guest RAM through QEMU's shared memory file) changes their code, their
-//! immutable data and the kernel's read-only data. Each change must be:
+//! immutable data, the kernel's read-only data and its page tables (a page made writable and
+//! executable). Each change must be:
 //! - detected within the interval plus [`SLACK`];
 //! - recorded once in PCR 10 with a record naming the subject and the check (the event log
 //!   replays to what `tpm2_pcrread` reads after shutdown);
@@ -70,7 +71,9 @@ fn integrity_records(vm: &Instance) -> Vec<Value> {
         .collect()
 }
 
+/// Boots an instance (`tag` names it) serving signed `names` under `policy_name`.
 fn setup(
+    tag: &str,
     policy_name: &str,
     names: &[&str],
 ) -> (
@@ -91,11 +94,11 @@ fn setup(
         .collect();
     let dir = std::env::temp_dir()
         .join("tuk-e2e")
-        .join(format!("integrity-{policy_name}-{}", std::process::id()));
+        .join(format!("integrity-{tag}-{}", std::process::id()));
     let pack = pack(&dir, &bundles, &policy);
     let interval = INTERVAL.as_millis().to_string();
     let vm = boot_full(
-        &format!("integrity-{policy_name}"),
+        &format!("integrity-{tag}"),
         &[
             ("integrity.interval_ms", interval.as_str()),
             ("integrity.policy", policy_name),
@@ -184,7 +187,7 @@ fn example_components_declare_rodata_and_stack() {
 
 #[test]
 fn tampering_is_detected_recorded_and_repaired() {
-    let (mut vm, _, built) = setup("reinstantiate", &["hello", "kv", "notes"]);
+    let (mut vm, _, built) = setup("reinstantiate", "reinstantiate", &["hello", "kv", "notes"]);
     let s = status(&vm);
     let hello = instance(&s, "hello").clone();
     let signed_code = tuk_measure::hex(&tuk_measure::sha256(&built["hello"].code));
@@ -309,7 +312,7 @@ fn tampering_is_detected_recorded_and_repaired() {
 
 #[test]
 fn quarantine_answers_503_until_a_newer_version_is_published() {
-    let (vm, key, built) = setup("quarantine", &["hello", "kv"]);
+    let (vm, key, built) = setup("quarantine", "quarantine", &["hello", "kv"]);
     let traffic = Traffic::start(&vm, &["/hello/"]);
     tamper(&vm, "component:kv:code", 8192);
     let (s, _) = wait_for(&vm, "kv quarantined", |s| {
@@ -333,7 +336,7 @@ fn quarantine_answers_503_until_a_newer_version_is_published() {
 
 #[test]
 fn halt_policy_stops_the_vm_with_pcr_10_saved() {
-    let (mut vm, _, _) = setup("halt", &["hello"]);
+    let (mut vm, _, _) = setup("halt", "halt", &["hello"]);
     tamper(&vm, "component:hello:code", 4096);
     let start = Instant::now();
     let exit = loop {
@@ -351,4 +354,43 @@ fn halt_policy_stops_the_vm_with_pcr_10_saved() {
     );
     let pcrs = pcrs_after_shutdown(&vm, &[10]);
     assert_ne!(pcrs[&10], [0u8; 32], "the violation is in PCR 10");
+}
+
+#[test]
+fn a_writable_executable_page_is_found_by_the_page_table_audit() {
+    // From the host, the page-table entry of a page of hello's linear memory is rewritten
+    // writable and executable: what running injected code needs. The kernel's audit of its
+    // live page tables finds it within an interval and records it once in PCR 10; the
+    // components keep serving.
+    let (vm, _, _) = setup("wx", "reinstantiate", &["hello"]);
+    let traffic = Traffic::start(&vm, &["/hello/"]);
+    let s = status(&vm);
+    assert_eq!(s["kernel"]["violations"], 0, "{s}");
+    let page = instance(&s, "hello")["memory"]["base"].as_u64().unwrap();
+    let done = tamper(&vm, "kernel:wx", page);
+    let entry = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("an 8-byte entry"));
+    assert_ne!(
+        entry(&done.old) & (1 << 63),
+        0,
+        "linear memory was no-execute"
+    );
+    assert_eq!(entry(&done.new) & (1 << 63 | 1 << 1), 1 << 1, "now W+X");
+    let (s, took) = wait_for(&vm, "the W+X page found", |s| {
+        s["kernel"]["violations"] == 1
+    });
+    eprintln!("W+X page found {took:?} after the tamper");
+    assert_eq!(s["kernel"]["state"], "untrusted");
+    let reason = s["kernel"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("1 pages are writable and executable"),
+        "{s}"
+    );
+    let records = integrity_records(&vm);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["content"]["subject"], "kernel");
+    assert_eq!(records[0]["content"]["check"], "kernel-wx");
+    // Later rounds do not record it again; hello served every request.
+    thread::sleep(INTERVAL * 3);
+    assert_eq!(integrity_records(&vm).len(), 1);
+    traffic.finish();
 }

@@ -15,7 +15,8 @@ pub struct TamperArgs {
     /// The running instance's state directory (`tuk run --state-dir`; holds instance.json).
     #[arg(long, value_name = "STATE_DIR")]
     instance: PathBuf,
-    /// What to overwrite: kernel:text, kernel:rodata, component:NAME:code (its compiled code
+    /// What to overwrite: kernel:text, kernel:rodata, kernel:wx (the page-table entry of the
+    /// page at guest address --offset, made writable and executable), component:NAME:code (its compiled code
     /// image) or component:NAME:data (its first immutable data range, e.g. .rodata).
     #[arg(long, value_name = "TARGET")]
     target: Target,

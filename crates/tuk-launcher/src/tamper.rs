@@ -5,8 +5,9 @@
 //!
 //! Targets are found the way an attacker would find them: the kernel's segments from the image
 //! (`instance.json` names it), components' code and data from what the guest reports in
-//! `GET /_tuk/status` (docs/contracts.md). Guest-virtual addresses are guest-physical (the
-//! kernel identity-maps RAM), and guest-physical address P is file offset P.
+//! `GET /_tuk/status` (docs/contracts.md), the page tables from the root the guest reports
+//! there. Guest-virtual addresses are guest-physical (the kernel identity-maps RAM), and
+//! guest-physical address P is file offset P.
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -39,6 +40,10 @@ pub enum Target {
     ComponentCode(String),
     /// `component:NAME:data`: its first immutable data range (`.rodata` in linear memory).
     ComponentData(String),
+    /// `kernel:wx`: the page-table entry that maps the 4 KiB page at guest address `offset`,
+    /// rewritten writable and executable (NX cleared, WRITABLE set): what injecting code into
+    /// data needs. Found by walking the live tables from `kernel.page_tables.root`.
+    KernelWx,
 }
 
 impl FromStr for Target {
@@ -47,6 +52,7 @@ impl FromStr for Target {
         let parts: Vec<&str> = s.split(':').collect();
         match parts.as_slice() {
             ["kernel", seg @ ("text" | "rodata")] => Ok(Target::Kernel((*seg).to_owned())),
+            ["kernel", "wx"] => Ok(Target::KernelWx),
             ["component", name, "code"] if !name.is_empty() => {
                 Ok(Target::ComponentCode((*name).to_owned()))
             }
@@ -54,7 +60,7 @@ impl FromStr for Target {
                 Ok(Target::ComponentData((*name).to_owned()))
             }
             _ => Err(format!(
-                "unknown target `{s}` (expected kernel:text, kernel:rodata, \
+                "unknown target `{s}` (expected kernel:text, kernel:rodata, kernel:wx, \
                  component:NAME:code or component:NAME:data)"
             )),
         }
@@ -67,6 +73,7 @@ impl fmt::Display for Target {
             Target::Kernel(seg) => write!(f, "kernel:{seg}"),
             Target::ComponentCode(n) => write!(f, "component:{n}:code"),
             Target::ComponentData(n) => write!(f, "component:{n}:data"),
+            Target::KernelWx => f.write_str("kernel:wx"),
         }
     }
 }
@@ -137,6 +144,8 @@ pub enum TamperError {
         len: u64,
         memory_bytes: u64,
     },
+    #[error("kernel:wx: {0}")]
+    PageTables(String),
     #[error("bytes to write: {0}")]
     BadBytes(String),
     #[error("{what} {path}: {cause}")]
@@ -185,6 +194,7 @@ pub fn locate(
         Target::ComponentCode(_) | Target::ComponentData(_) => {
             component_range(&guest_status(info)?, target)?
         }
+        Target::KernelWx => unreachable!("kernel:wx is located by walking the page tables"),
     };
     if offset.checked_add(len).is_some_and(|end| end <= size) {
         Ok(base + offset)
@@ -208,7 +218,9 @@ pub fn component_range(
     let (name, code) = match target {
         Target::ComponentCode(n) => (n, true),
         Target::ComponentData(n) => (n, false),
-        Target::Kernel(_) => unreachable!("a kernel target is not in the status"),
+        Target::Kernel(_) | Target::KernelWx => {
+            unreachable!("a kernel target is not a component range")
+        }
     };
     let instance = find_instance(status, name)?;
     let num = |v: Option<&serde_json::Value>, key: &str| v?.get(key)?.as_u64();
@@ -262,13 +274,6 @@ pub fn tamper(
             pid: info.pid,
         });
     }
-    let len = bytes.map_or(1, <[u8]>::len) as u64;
-    if len == 0 || len > MAX_BYTES as u64 {
-        return Err(TamperError::BadBytes(format!(
-            "1 to {MAX_BYTES} bytes, not {len}"
-        )));
-    }
-    let paddr = locate(&info, target, offset, len)?;
     let io = |what| {
         let path = info.memory_file.clone();
         move |cause| TamperError::Io { what, path, cause }
@@ -279,6 +284,36 @@ pub fn tamper(
         .open(&info.memory_file)
         .map_err(io("cannot open guest RAM"))?;
     let memory_bytes = ram.metadata().map_err(io("cannot stat guest RAM"))?.len();
+    let (paddr, len) = if *target == Target::KernelWx {
+        if bytes.is_some() {
+            return Err(TamperError::BadBytes(
+                "kernel:wx writes the page-table entry itself; drop --bytes".into(),
+            ));
+        }
+        let root = page_table_root(&guest_status(&info)?)?;
+        let read = |paddr: u64| {
+            let mut entry = [0u8; 8];
+            if paddr + 8 > memory_bytes.min(LOW_RAM_LIMIT) {
+                return Err(TamperError::OutsideRam {
+                    paddr,
+                    len: 8,
+                    memory_bytes,
+                });
+            }
+            ram.read_exact_at(&mut entry, paddr)
+                .map_err(io("cannot read guest RAM"))?;
+            Ok(u64::from_le_bytes(entry))
+        };
+        (leaf_entry(read, root, offset)?, 8)
+    } else {
+        let len = bytes.map_or(1, <[u8]>::len) as u64;
+        if len == 0 || len > MAX_BYTES as u64 {
+            return Err(TamperError::BadBytes(format!(
+                "1 to {MAX_BYTES} bytes, not {len}"
+            )));
+        }
+        (locate(&info, target, offset, len)?, len)
+    };
     if paddr + len > memory_bytes.min(LOW_RAM_LIMIT) {
         return Err(TamperError::OutsideRam {
             paddr,
@@ -291,6 +326,12 @@ pub fn tamper(
         .map_err(io("cannot read guest RAM"))?;
     let new = match bytes {
         Some(b) => b.to_vec(),
+        None if *target == Target::KernelWx => {
+            let entry = u64::from_le_bytes(old.as_slice().try_into().expect("8 bytes"));
+            ((entry & !PTE_NO_EXECUTE) | PTE_WRITABLE)
+                .to_le_bytes()
+                .to_vec()
+        }
         None => old.iter().map(|b| b ^ 0xFF).collect(),
     };
     ram.write_all_at(&new, paddr)
@@ -302,6 +343,56 @@ pub fn tamper(
         old,
         new,
     })
+}
+
+const PTE_PRESENT: u64 = 1;
+const PTE_WRITABLE: u64 = 1 << 1;
+const PTE_HUGE: u64 = 1 << 7;
+const PTE_NO_EXECUTE: u64 = 1 << 63;
+const PTE_ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+
+/// The root of the guest's page tables (CR3), as the guest reports it.
+fn page_table_root(status: &serde_json::Value) -> Result<u64, TamperError> {
+    status
+        .pointer("/kernel/page_tables/root")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| {
+            TamperError::PageTables(
+                "the guest's status has no kernel.page_tables.root (a kernel older than this tool)"
+                    .into(),
+            )
+        })
+}
+
+/// Walks x86-64 4-level page tables from `root` (`read` gives the 8-byte entry at a
+/// guest-physical address) to the last-level entry mapping `vaddr`; returns that entry's
+/// guest-physical address. A page mapped by a huge page, or not mapped, is an error.
+fn leaf_entry(
+    read: impl Fn(u64) -> Result<u64, TamperError>,
+    root: u64,
+    vaddr: u64,
+) -> Result<u64, TamperError> {
+    let mut table = root & PTE_ADDRESS;
+    for level in (1..=4u32).rev() {
+        let index = (vaddr >> (12 + 9 * (level - 1))) & 0x1ff;
+        let at = table + index * 8;
+        if level == 1 {
+            return Ok(at);
+        }
+        let entry = read(at)?;
+        if entry & PTE_PRESENT == 0 {
+            return Err(TamperError::PageTables(format!(
+                "guest address {vaddr:#x} is not mapped (level {level} entry at {at:#x} is not present)"
+            )));
+        }
+        if entry & PTE_HUGE != 0 {
+            return Err(TamperError::PageTables(format!(
+                "guest address {vaddr:#x} is in a huge page (level {level}); pick a 4 KiB page, e.g. a component's memory.base"
+            )));
+        }
+        table = entry & PTE_ADDRESS;
+    }
+    unreachable!("level 1 returns")
 }
 
 /// `GET /_tuk/status` from the guest, as JSON.
@@ -367,6 +458,8 @@ mod tests {
         ] {
             assert_eq!(s.parse::<Target>().unwrap().to_string(), s);
         }
+        assert_eq!("kernel:wx".parse::<Target>().unwrap(), Target::KernelWx);
+        assert_eq!(Target::KernelWx.to_string(), "kernel:wx");
         for s in [
             "kernel:data",
             "kernel",
@@ -376,6 +469,30 @@ mod tests {
         ] {
             assert!(s.parse::<Target>().is_err(), "{s}");
         }
+    }
+
+    #[test]
+    fn page_table_walk() {
+        // A 4-level table in a byte buffer: root at 0x1000, then 0x2000, 0x3000, 0x4000;
+        // guest address 0x40_5000 (PML4 0, PDPT 0, PD 2, PT 5); PD 3 is a huge page.
+        let mut ram = vec![0u8; 0x5000];
+        let mut put = |at: usize, v: u64| ram[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        put(0x1000, 0x2000 | PTE_PRESENT | PTE_WRITABLE);
+        put(0x2000, 0x3000 | PTE_PRESENT | PTE_WRITABLE);
+        put(0x3000 + 2 * 8, 0x4000 | PTE_PRESENT | PTE_WRITABLE);
+        put(0x3000 + 3 * 8, 0x60_0000 | PTE_PRESENT | PTE_HUGE);
+        let read = |at: u64| {
+            let at = at as usize;
+            Ok(u64::from_le_bytes(ram[at..at + 8].try_into().unwrap()))
+        };
+        assert_eq!(leaf_entry(read, 0x1000, 0x40_5000).unwrap(), 0x4000 + 5 * 8);
+        assert_eq!(leaf_entry(read, 0x1000, 0x40_5fff).unwrap(), 0x4000 + 5 * 8);
+        let e = leaf_entry(read, 0x1000, 0x60_1000).unwrap_err();
+        assert!(e.to_string().contains("huge page"), "{e}");
+        let e = leaf_entry(read, 0x1000, 0x20_0000).unwrap_err();
+        assert!(e.to_string().contains("not mapped"), "{e}");
+        let e = page_table_root(&serde_json::json!({"kernel": {}})).unwrap_err();
+        assert!(e.to_string().contains("page_tables.root"), "{e}");
     }
 
     #[test]

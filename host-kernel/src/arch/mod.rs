@@ -15,8 +15,8 @@ pub use self::x86_64::{
     },
     init_early, init_interrupts, init_paging,
     paging::{
-        audit_wx, kernel_rodata, kernel_sections, kernel_text, map_mmio, protect, Protection,
-        WxAudit,
+        audit_wx, kernel_rodata, kernel_sections, kernel_text, map_mmio, protect,
+        root as page_table_root, Protection, WxAudit,
     },
     parse_boot_info, port,
     time::{now_us, set_wall_clock, tsc_khz, wall_clock_ns},
