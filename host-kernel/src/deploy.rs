@@ -199,8 +199,8 @@ impl Deployer {
         let t_loaded = crate::arch::now_us();
         let summary = format!(
             "{} ({} bytes of code, sha256 {})",
-            d.name,
-            d.code_bytes,
+            d.instance.name,
+            d.instance.code_bytes,
             hex(&code_digest)
         );
         // One line per deployment with the cost of each step (scripts/bench reads it).

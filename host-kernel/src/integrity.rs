@@ -337,7 +337,7 @@ impl Monitor {
             .runtime
             .components()
             .filter(|d| d.integrity.untrusted_reason().is_none())
-            .map(|d| d.name.clone())
+            .map(|d| d.instance.name.clone())
             .collect();
         for name in names {
             let Some(d) = deployer.runtime.get_mut(&name) else {

@@ -70,7 +70,7 @@ impl Router {
             .deployer
             .runtime
             .components()
-            .map(|d| d.integrity.to_json(Some(&d.name)))
+            .map(|d| d.integrity.to_json(Some(&d.instance.name)))
             .collect();
         json!({
             "uptime_ms": now_ms,
@@ -140,7 +140,7 @@ impl Router {
             .map(|d| {
                 let r = &d.integrity;
                 let inv = &d.invariants;
-                let mut v = r.to_json(Some(&d.name));
+                let mut v = r.to_json(Some(&d.instance.name));
                 let extra = json!({
                     "reason": r.untrusted_reason(),
                     "last_violation": r.last_violation,
@@ -153,7 +153,7 @@ impl Router {
                     "memory": d.memory().map(|(base, bytes)| json!({
                         "base": base,
                         "bytes": bytes,
-                        "limit_bytes": d.limits.memory_bytes as u64,
+                        "limit_bytes": d.instance.limits.memory_bytes as u64,
                         "declared_min_bytes": inv.memory.as_ref().map(|m| m.min_bytes),
                         "declared_max_bytes": inv.memory.as_ref().and_then(|m| m.max_bytes),
                     })),
@@ -218,29 +218,29 @@ impl Router {
                 body.push(',');
             }
             body.push_str("{\"name\":");
-            json_str(&mut body, &d.name);
+            json_str(&mut body, &d.instance.name);
             let _ = write!(
                 body,
                 concat!(
                     ",\"state\":\"{}\",\"code_bytes\":{},\"memory_limit_bytes\":{},\"deadline_ms\":{},",
                     "\"requests\":{},\"traps\":{},\"deadline_exceeded\":{},\"instantiations\":{}"
                 ),
-                if d.broken.is_some() {
+                if d.instance.broken.is_some() {
                     "unavailable"
                 } else if d.integrity.untrusted_reason().is_some() {
                     "untrusted"
                 } else {
                     "serving"
                 },
-                d.code_bytes,
-                d.limits.memory_bytes,
-                d.limits.deadline_ms,
-                d.stats.requests,
-                d.stats.traps,
-                d.stats.deadline_exceeded,
-                d.stats.instantiations,
+                d.instance.code_bytes,
+                d.instance.limits.memory_bytes,
+                d.instance.limits.deadline_ms,
+                d.instance.stats.requests,
+                d.instance.stats.traps,
+                d.instance.stats.deadline_exceeded,
+                d.instance.stats.instantiations,
             );
-            if let Some(reason) = &d.broken {
+            if let Some(reason) = &d.instance.broken {
                 body.push_str(",\"reason\":");
                 json_str(&mut body, reason);
             }

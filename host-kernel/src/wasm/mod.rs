@@ -1,23 +1,21 @@
 //! The Wasm component host: wasmtime's no_std runtime with the component model.
 //!
-//! Each deployed component has one live instance in its own `Store`, with its own limits
-//! (linear memory, tables, instances) and a per-request deadline enforced by epoch
-//! interruption: while Wasm runs, the LAPIC timer ticks every `tuk_engine::EPOCH_TICK_MS` and
-//! its interrupt advances the engine's epoch. Whatever a component does, it fails alone:
-//! - a trap answers 500 and the instance is rebuilt from the already-loaded code;
-//! - running past the deadline answers 503 and the instance is rebuilt;
-//! - growing memory past its limit makes `memory.grow` fail inside the component (which then
-//!   usually traps: 500, rebuilt).
-//!
-//! The component's key-value data lives outside the instance and survives the rebuild.
+//! The `tuk:service` world's imports and the request dispatch into a component are
+//! `tuk_service_host`'s, shared with the Linux baseline: each deployed component has one live
+//! instance in its own `Store` with its own limits and a per-request deadline enforced by epoch
+//! interruption; a trap answers 500, running past the deadline 503, and the instance is rebuilt
+//! from the already-loaded code while its kv data survives. This module supplies the kernel's
+//! side of it: the engine on the kernel's wasmtime platform (`platform.rs`), the clocks (TSC)
+//! and random bytes (RDRAND) components see, and the LAPIC timer that ticks every
+//! `tuk_engine::EPOCH_TICK_MS` while Wasm runs (its interrupt advances the engine's epoch).
 //!
 //! Integrity: each deployment keeps the verified code bytes it was loaded from, the address
 //! and SHA-256 of its loaded code image (taken right after loading), the invariants derived
 //! from its signed `.wasm` (`tuk-invariants`), and the linear memories its instance uses
-//! (`memory::capture`). [`Deployed::check`] re-measures all of that; [`Deployed::reload`]
-//! rebuilds the whole deployment from the verified bytes (`crate::integrity` decides when).
+//! (`memory::capture`, as the instance's `Probe`). [`Deployed::check`] re-measures all of that;
+//! [`Deployed::reload`] rebuilds the whole deployment from the verified bytes
+//! (`crate::integrity` decides when).
 
-mod host;
 #[allow(unsafe_code)]
 mod memory;
 #[allow(unsafe_code)]
@@ -33,10 +31,14 @@ use spin::Once;
 use tuk_http::{Request, Response};
 use tuk_invariants::Invariants;
 use tuk_measure::{hex, sha256};
+use tuk_service_host::{
+    EpochTimer, HostState, Instance, LogTargets, Platform, Probe, Service, ServicePre,
+    TABLE_ELEMENTS,
+};
+pub use tuk_service_host::{Limits, LoadError};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::Engine;
 
-use self::host::{HostState, KvStore, Service, ServicePre};
 pub use self::memory::MemoryCell;
 use crate::arch;
 use crate::integrity::{Record, Violation};
@@ -50,79 +52,56 @@ fn epoch_tick() {
     }
 }
 
-/// Per-component limits, from the deployment metadata.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub memory_bytes: usize,
-    pub deadline_ms: u64,
-}
+/// What the kernel supplies to components (`tuk_service_host`): the TSC clocks, RDRAND.
+struct Kernel;
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            memory_bytes: 16 << 20,
-            deadline_ms: tuk_engine::DEFAULT_DEADLINE_MS,
+impl Platform for Kernel {
+    fn wall_clock(&self) -> (u64, u32) {
+        let ns = arch::wall_clock_ns();
+        ((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32)
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        arch::now_us().saturating_mul(1000)
+    }
+
+    fn random_bytes(&self, out: &mut [u8]) {
+        for chunk in out.chunks_mut(8) {
+            chunk.copy_from_slice(&arch::random_u64().to_le_bytes()[..chunk.len()]);
+        }
+    }
+
+    fn log_targets(&self) -> LogTargets {
+        LogTargets {
+            dispatch: module_path!(),
+            host: concat!(module_path!(), "::host"),
         }
     }
 }
 
-/// Counters for one component (reported by `/_tuk/components`).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ComponentStats {
-    pub requests: u64,
-    pub traps: u64,
-    pub deadline_exceeded: u64,
-    pub instantiations: u64,
-}
+/// The epoch ticks while a request runs: the LAPIC timer, whose interrupt calls `epoch_tick`.
+struct LapicTimer;
 
-/// The store's resource limiter: wasmtime's `StoreLimits`, plus the largest table size it
-/// ever granted (the monitor checks it against the declared maximum).
-pub struct Limiter {
-    inner: StoreLimits,
-    pub table_peak: usize,
-}
-
-impl ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.inner.memory_growing(current, desired, maximum)
+impl EpochTimer for LapicTimer {
+    fn start(&self) {
+        arch::start_periodic_timer(tuk_engine::EPOCH_TICK_MS * 1000);
     }
 
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let granted = self.inner.table_growing(current, desired, maximum)?;
-        if granted {
-            self.table_peak = self.table_peak.max(desired);
-        }
-        Ok(granted)
-    }
-
-    fn instances(&self) -> usize {
-        self.inner.instances()
-    }
-
-    fn tables(&self) -> usize {
-        self.inner.tables()
-    }
-
-    fn memories(&self) -> usize {
-        self.inner.memories()
+    fn stop(&self) {
+        arch::stop_timer();
     }
 }
 
-struct Live {
-    store: Store<HostState>,
-    service: Service,
-    /// The instance's linear memories, in creation order.
-    memories: Vec<Arc<MemoryCell>>,
+/// An instance's linear memories, in creation order (recorded while it is built).
+pub struct Memories(Vec<Arc<MemoryCell>>);
+
+impl Probe for Memories {
+    fn record(
+        instantiate: impl FnOnce() -> wasmtime::Result<Service>,
+    ) -> (wasmtime::Result<Service>, Self) {
+        let (result, cells) = memory::capture(instantiate);
+        (result, Memories(cells))
+    }
 }
 
 /// Where a loaded code image is and what it hashed to right after loading.
@@ -138,65 +117,22 @@ pub struct CodeImage {
     pub matches_artifact: bool,
 }
 
-/// A loaded component and its live instance (if it could be instantiated).
+/// A deployed component: its instance slot (`tuk_service_host::Instance`: limits, counters,
+/// the live instance and its kv data) and what the integrity monitor needs.
 pub struct Deployed {
-    pub name: String,
-    pub limits: Limits,
-    pub stats: ComponentStats,
-    /// Bytes of compiled code (the artifact as loaded).
-    pub code_bytes: usize,
+    pub instance: Instance<Memories>,
     /// The verified compiled code: re-instantiation after a violation starts from these bytes.
     code: Vec<u8>,
     /// What the signed `.wasm` declares (empty in unsigned mode: no `.wasm` travels).
     pub invariants: Invariants,
     pub image: CodeImage,
     component: Component,
-    pre: ServicePre<HostState>,
-    live: Option<Live>,
-    /// State carried across rebuilds (kv data, configuration) while no instance exists.
-    parked: Option<(KvStore, BTreeMap<String, String>)>,
-    /// Why the component is not serving, if it is not.
-    pub broken: Option<String>,
     /// The integrity monitor's record for this component.
     pub integrity: Record,
 }
 
-#[derive(Debug)]
-pub enum LoadError {
-    Deserialize(String),
-    Link(String),
-    Instantiate(String),
-}
-
-impl core::fmt::Display for LoadError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Deserialize(e) => write!(
-                f,
-                "cannot load the compiled component ({e}); recompile it with this tuk version's `tuk compile`"
-            ),
-            Self::Link(e) => write!(f, "the component does not fit the tuk:service world: {e}"),
-            Self::Instantiate(e) => write!(f, "instantiation failed: {e}"),
-        }
-    }
-}
-
-/// Elements any one table may have (also the bound for tables declaring no maximum).
-pub const TABLE_ELEMENTS: usize = 100_000;
-
-fn limits_for(limits: &Limits) -> Limiter {
-    Limiter {
-        inner: StoreLimitsBuilder::new()
-            .memory_size(limits.memory_bytes)
-            .instances(32)
-            .tables(32)
-            .memories(8)
-            .table_elements(TABLE_ELEMENTS)
-            .trap_on_grow_failure(false)
-            .build(),
-        table_peak: 0,
-    }
-}
+/// How to make code this kernel loads (completes "recompile it with …").
+const RECOMPILE: &str = "this tuk version's `tuk compile`";
 
 /// Loads compiled code and links it: the component and its pre-instantiated form.
 fn load(
@@ -204,12 +140,11 @@ fn load(
     linker: &Linker<HostState>,
     code: &[u8],
 ) -> Result<(Component, ServicePre<HostState>, CodeImage), LoadError> {
-    let component = platform::load_component(engine, code)
-        .map_err(|e| LoadError::Deserialize(format!("{e:#}")))?;
-    let instance_pre = linker
-        .instantiate_pre(&component)
-        .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-    let pre = ServicePre::new(instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+    let component = platform::load_component(engine, code).map_err(|e| LoadError::Deserialize {
+        error: format!("{e:#}"),
+        recompile: RECOMPILE,
+    })?;
+    let pre = tuk_service_host::link(linker, &component)?;
     let range = component.image_range();
     let image = platform::image_bytes(&component);
     let digest = sha256(image);
@@ -236,8 +171,7 @@ impl Runtime {
             Engine::new(&platform::engine_config()).map_err(|e| format!("wasm engine: {e}"))?;
         let engine = ENGINE.call_once(|| engine).clone();
         arch::set_timer_hook(epoch_tick);
-        let mut linker = Linker::new(&engine);
-        host::add_to_linker(&mut linker).map_err(|e| format!("wasm linker: {e}"))?;
+        let linker = tuk_service_host::new_linker(&engine)?;
         Ok(Runtime {
             engine,
             linker,
@@ -263,21 +197,17 @@ impl Runtime {
             .map(|d| d.integrity.redeployed())
             .unwrap_or_default();
         let mut deployed = Deployed {
-            name: name.into(),
-            limits,
-            stats: ComponentStats::default(),
-            code_bytes: code.len(),
+            instance: Instance::new(name, pre, code.len(), limits, config, &Kernel),
             code: code.to_vec(),
             invariants,
             image,
             component,
-            pre,
-            live: None,
-            parked: Some((KvStore::default(), config)),
-            broken: None,
             integrity,
         };
-        deployed.instantiate().map_err(LoadError::Instantiate)?;
+        deployed
+            .instance
+            .instantiate()
+            .map_err(LoadError::Instantiate)?;
         self.components.insert(name.into(), deployed);
         Ok(&self.components[name])
     }
@@ -307,58 +237,15 @@ impl Runtime {
 }
 
 impl Deployed {
-    fn instantiate(&mut self) -> Result<(), String> {
-        let (kv, config) = self.parked.take().unwrap_or_default();
-        let state = HostState::new(self.name.clone(), kv, config, limits_for(&self.limits));
-        let mut store = Store::new(self.pre.engine(), state);
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(u64::MAX / 2);
-        self.stats.instantiations += 1;
-        let (result, memories) = memory::capture(|| self.pre.instantiate(&mut store));
-        match result {
-            Ok(service) => {
-                self.live = Some(Live {
-                    store,
-                    service,
-                    memories,
-                });
-                self.broken = None;
-                Ok(())
-            }
-            Err(e) => {
-                let data = store.into_data();
-                self.parked = Some((data.kv, data.config));
-                let reason = format!("{e:#}");
-                self.broken = Some(reason.clone());
-                Err(reason)
-            }
-        }
-    }
-
-    /// Drops the current instance (keeping kv and config) and builds a fresh one.
-    fn rebuild(&mut self) {
-        if let Some(live) = self.live.take() {
-            let data = live.store.into_data();
-            self.parked = Some((data.kv, data.config));
-        }
-        if let Err(e) = self.instantiate() {
-            log::error!("component {}: re-instantiation failed: {e}", self.name);
-        }
-    }
-
     /// Rebuilds the deployment from its verified code bytes: a fresh code image and a fresh
     /// instance (kv data and configuration carry over). The old image is freed.
     fn reload(&mut self, engine: &Engine, linker: &Linker<HostState>) -> Result<(), String> {
         let (component, pre, image) =
             load(engine, linker, &self.code).map_err(|e| format!("{e}"))?;
-        if let Some(live) = self.live.take() {
-            let data = live.store.into_data();
-            self.parked = Some((data.kv, data.config));
-        }
+        self.instance.park();
         self.component = component;
-        self.pre = pre;
         self.image = image;
-        self.instantiate()
+        self.instance.replace(pre)
     }
 
     /// Re-measures the code image and checks the instance's invariants. `Ok` if all hold.
@@ -376,10 +263,10 @@ impl Deployed {
                 observed: Some(hex(&observed)),
             });
         }
-        let Some(live) = &self.live else {
+        let Some(live) = self.instance.live() else {
             return Ok(()); // nothing runs: nothing else to check
         };
-        let peak = live.store.data().limits.table_peak;
+        let peak = live.store().data().limits.table_peak;
         let table_max = self
             .invariants
             .tables
@@ -398,17 +285,18 @@ impl Deployed {
         if self.invariants.memory.is_none() {
             return Ok(());
         }
-        let [mem] = live.memories.as_slice() else {
+        let memories = &live.probe().0;
+        let [mem] = memories.as_slice() else {
             return Err(Violation::simple(
                 "memory-count",
                 format!(
                     "the component declares one linear memory but its instance has {}",
-                    live.memories.len()
+                    memories.len()
                 ),
             ));
         };
         self.invariants
-            .check_memory_size(mem.bytes() as u64, self.limits.memory_bytes as u64)
+            .check_memory_size(mem.bytes() as u64, self.instance.limits.memory_bytes as u64)
             .map_err(|e| Violation::simple("memory-size", e))?;
         for range in &self.invariants.immutable {
             let observed = mem.read(range.offset, range.len, sha256).ok_or_else(|| {
@@ -437,83 +325,22 @@ impl Deployed {
 
     /// The live instance's (only) linear memory: base address and size in bytes.
     pub fn memory(&self) -> Option<(u64, u64)> {
-        let live = self.live.as_ref()?;
-        let [mem] = live.memories.as_slice() else {
+        let live = self.instance.live()?;
+        let [mem] = live.probe().0.as_slice() else {
             return None;
         };
         Some((mem.base() as u64, mem.bytes() as u64))
     }
 
     fn handle(&mut self, path: &str, req: &Request) -> Response {
-        self.stats.requests += 1;
         if let Some(reason) = self.integrity.untrusted_reason() {
+            self.instance.stats.requests += 1;
             return Response::error(
                 503,
-                &format!("component {} is untrusted: {reason}", self.name),
+                &format!("component {} is untrusted: {reason}", self.instance.name),
             );
         }
-        let Some(live) = self.live.as_mut() else {
-            let reason = self.broken.as_deref().unwrap_or("not instantiated");
-            return Response::error(
-                503,
-                &format!("component {} is unavailable: {reason}", self.name),
-            );
-        };
-        let wit_req = host::to_wit_request(path, req);
-        let ticks = self
-            .limits
-            .deadline_ms
-            .div_ceil(tuk_engine::EPOCH_TICK_MS)
-            .max(1);
-        live.store.set_epoch_deadline(ticks);
-        arch::start_periodic_timer(tuk_engine::EPOCH_TICK_MS * 1000);
-        let result = live
-            .service
-            .tuk_service_handler()
-            .call_handle(&mut live.store, &wit_req);
-        arch::stop_timer();
-        live.store.set_epoch_deadline(u64::MAX / 2);
-        match result {
-            Ok(resp) => host::from_wit_response(resp),
-            Err(e) => {
-                let interrupted = e.downcast_ref::<Trap>() == Some(&Trap::Interrupt);
-                let response = if interrupted {
-                    self.stats.deadline_exceeded += 1;
-                    log::warn!(
-                        "component {}: request exceeded its {} ms deadline; rebuilding the instance",
-                        self.name,
-                        self.limits.deadline_ms
-                    );
-                    Response::error(
-                        503,
-                        &format!(
-                            "component {} exceeded its {} ms deadline",
-                            self.name, self.limits.deadline_ms
-                        ),
-                    )
-                } else {
-                    self.stats.traps += 1;
-                    let summary = trap_summary(&e);
-                    log::warn!(
-                        "component {} trapped: {summary}; rebuilding the instance",
-                        self.name
-                    );
-                    log::debug!("component {}: {e:?}", self.name);
-                    Response::error(500, &format!("component {} trapped: {summary}", self.name))
-                };
-                self.rebuild();
-                response
-            }
-        }
-    }
-}
-
-/// What went wrong, without wasmtime's backtrace: the trap ("wasm `unreachable` instruction
-/// executed") or the root cause of another error.
-fn trap_summary(e: &wasmtime::Error) -> String {
-    match e.downcast_ref::<Trap>() {
-        Some(trap) => format!("{trap}"),
-        None => format!("{}", e.root_cause()),
+        self.instance.handle(path, req, &LapicTimer)
     }
 }
 
@@ -521,27 +348,5 @@ fn trap_summary(e: &wasmtime::Error) -> String {
 pub fn deployment_from_meta<'a>(
     meta: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> Result<(Limits, BTreeMap<String, String>), String> {
-    let mut limits = Limits::default();
-    let mut config = BTreeMap::new();
-    for (k, v) in meta {
-        match k {
-            "memory_limit_bytes" => {
-                limits.memory_bytes = v
-                    .parse()
-                    .map_err(|_| format!("memory_limit_bytes={v} is not a number of bytes"))?
-            }
-            "deadline_ms" => {
-                limits.deadline_ms = v.parse().ok().filter(|d| *d > 0).ok_or_else(|| {
-                    format!("deadline_ms={v} is not a positive number of milliseconds")
-                })?
-            }
-            _ => match k.strip_prefix("config.") {
-                Some(key) => {
-                    config.insert(key.into(), v.into());
-                }
-                None => log::warn!("ignoring unknown deployment key `{k}`"),
-            },
-        }
-    }
-    Ok((limits, config))
+    tuk_service_host::deployment_from_meta(meta, module_path!())
 }
