@@ -26,7 +26,6 @@
 //! from `TUK_CMDLINE` and its components from `TUK_COMPONENTS` (a directory): handy on the host.
 
 mod config;
-mod host;
 mod logger;
 mod routes;
 mod runtime;
