@@ -701,14 +701,43 @@ def plots(plot_dir, load, conns, boot):
     return written
 
 
+def package_of(path):
+    """The cargo package whose test file `path` is (tests/ → tuk-e2e, crates/NAME/ → NAME)."""
+    top = path.split("/")
+    if top[0] == "tests":
+        return "tuk-e2e"
+    if top[0] == "crates":
+        return top[1]
+    return top[0]
+
+
+def list_tests():
+    """The tests scripts/evaluate runs, one `package target [function]` line each, in
+    FUNCTIONS' order (each once): the single list both the driver and the report use."""
+    seen = set()
+    for _, path, target, fn in FUNCTIONS:
+        line = " ".join(x for x in (package_of(path), target, fn) if x)
+        if line not in seen:
+            seen.add(line)
+            print(line)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--raw", required=True)
-    ap.add_argument("--report", required=True)
-    ap.add_argument("--plots", required=True)
-    ap.add_argument("--command", required=True)
+    ap.add_argument("--list-tests", action="store_true",
+                    help="print the function tests to run (package target [function]) and exit")
+    ap.add_argument("--raw")
+    ap.add_argument("--report")
+    ap.add_argument("--plots")
+    ap.add_argument("--command")
     ap.add_argument("--params", default="")
     args = ap.parse_args()
+    if args.list_tests:
+        list_tests()
+        return
+    for required in ("raw", "report", "plots", "command"):
+        if getattr(args, required) is None:
+            ap.error(f"--{required} is required")
     params = dict(p.split("=", 1) for p in args.params.split())
     records = load_records(args.raw)
     for t in of_kind(records, "test"):
