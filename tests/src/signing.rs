@@ -82,6 +82,38 @@ pub fn pack(dir: &Path, bundles: &[(&str, Vec<u8>)], policy: &TrustPolicy) -> Pa
     path
 }
 
+/// What [`signed_pack`] made: a fresh publisher key, a policy that trusts only it, the built
+/// components and the boot pack of their signed bundles.
+pub struct SignedPack {
+    pub key: SigningKey,
+    pub policy: TrustPolicy,
+    pub built: BTreeMap<String, Built>,
+    pub pack: PathBuf,
+}
+
+/// Builds `names`, signs each as version 1.0.0 with a fresh key, and writes a boot pack of
+/// them with a policy trusting only that key (any name, any version) into `dir`.
+pub fn signed_pack(dir: &Path, names: &[&str]) -> SignedPack {
+    let built = build(names);
+    let key = SigningKey::generate().unwrap();
+    let policy = TrustPolicy {
+        keys: vec![key.trusted_key()],
+        allowed_names: None,
+        min_versions: Default::default(),
+    };
+    let bundles: Vec<(&str, Vec<u8>)> = names
+        .iter()
+        .map(|n| (*n, sign(&key, n, "1.0.0", &built[*n])))
+        .collect();
+    let pack = pack(dir, &bundles, &policy);
+    SignedPack {
+        key,
+        policy,
+        built,
+        pack,
+    }
+}
+
 /// `PUT /_tuk/components/<name>` with `body`.
 pub fn put(vm: &Instance, name: &str, body: &[u8]) -> Response {
     let mut c = Conn::open(vm.addr());

@@ -17,11 +17,10 @@ use tuk_attest::attester::{attest, Activation, AttestError, Attester, HttpAttest
 use tuk_attest::credential::Credential;
 use tuk_attest::evidence::{Evidence, Identity};
 use tuk_attest::{QuoteError, Status};
-use tuk_e2e::signing::{build, get, pack, sign};
+use tuk_e2e::signing::{get, signed_pack};
 use tuk_e2e::{boot_full, kernel_image, tamper, vtpm_ca_dir, Instance};
 use tuk_measure::eventlog::EventLogError;
 use tuk_measure::policy::TrustPolicy;
-use tuk_measure::sign::SigningKey;
 
 /// The in-guest monitor's interval in these tests.
 const INTERVAL_MS: u64 = 100;
@@ -31,29 +30,18 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Boots an instance serving signed `names` under a fresh key; returns it and the policy.
 fn signed_instance(tag: &str, names: &[&str]) -> (Instance, TrustPolicy) {
-    let built = build(names);
-    let key = SigningKey::generate().unwrap();
-    let policy = TrustPolicy {
-        keys: vec![key.trusted_key()],
-        allowed_names: None,
-        min_versions: Default::default(),
-    };
-    let bundles: Vec<(&str, Vec<u8>)> = names
-        .iter()
-        .map(|n| (*n, sign(&key, n, "1.0.0", &built[*n])))
-        .collect();
     let dir = std::env::temp_dir()
         .join("tuk-e2e")
         .join(format!("attest-{tag}-{}", std::process::id()));
-    let pack = pack(&dir, &bundles, &policy);
+    let signed = signed_pack(&dir, names);
     let interval = INTERVAL_MS.to_string();
     let vm = boot_full(
         &format!("attest-{tag}"),
         &[("integrity.interval_ms", interval.as_str())],
-        Some(&pack),
+        Some(&signed.pack),
         96,
     );
-    (vm, policy)
+    (vm, signed.policy)
 }
 
 fn references(policy: &TrustPolicy) -> References {

@@ -18,9 +18,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tuk_e2e::signing::{build, get, pack, put, sign};
+use tuk_e2e::signing::{build, get, put, sign, signed_pack};
 use tuk_e2e::{boot_full, pcrs_after_shutdown, tamper, Instance};
-use tuk_measure::policy::TrustPolicy;
 use tuk_measure::sign::SigningKey;
 
 /// The monitor's interval in these tests.
@@ -81,21 +80,10 @@ fn setup(
     SigningKey,
     std::collections::BTreeMap<String, tuk_e2e::signing::Built>,
 ) {
-    let built = build(names);
-    let key = SigningKey::generate().unwrap();
-    let policy = TrustPolicy {
-        keys: vec![key.trusted_key()],
-        allowed_names: None,
-        min_versions: Default::default(),
-    };
-    let bundles: Vec<(&str, Vec<u8>)> = names
-        .iter()
-        .map(|n| (*n, sign(&key, n, "1.0.0", &built[*n])))
-        .collect();
     let dir = std::env::temp_dir()
         .join("tuk-e2e")
         .join(format!("integrity-{tag}-{}", std::process::id()));
-    let pack = pack(&dir, &bundles, &policy);
+    let signed = signed_pack(&dir, names);
     let interval = INTERVAL.as_millis().to_string();
     let vm = boot_full(
         &format!("integrity-{tag}"),
@@ -103,10 +91,10 @@ fn setup(
             ("integrity.interval_ms", interval.as_str()),
             ("integrity.policy", policy_name),
         ],
-        Some(&pack),
+        Some(&signed.pack),
         96,
     );
-    (vm, key, built)
+    (vm, signed.key, signed.built)
 }
 
 /// Requests to `paths` in a loop on one keep-alive connection per request, counting failures.

@@ -7,10 +7,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use tuk_e2e::signing::{build, pack, sign};
+use tuk_e2e::signing::signed_pack;
 use tuk_e2e::{boot_full, free_listen, kernel_image, vtpm_ca_dir};
-use tuk_measure::policy::TrustPolicy;
-use tuk_measure::sign::SigningKey;
 
 const TUK: &str = env!("CARGO_BIN_EXE_tuk");
 
@@ -32,24 +30,14 @@ fn tuk_attest(url: &str, extra: &[&std::ffi::OsStr]) -> Output {
 
 #[test]
 fn tuk_attest_exit_codes_and_output() {
-    let built = build(&["hello"]);
-    let key = SigningKey::generate().unwrap();
-    let policy = TrustPolicy {
-        keys: vec![key.trusted_key()],
-        allowed_names: None,
-        min_versions: Default::default(),
-    };
     let dir = std::env::temp_dir()
         .join("tuk-e2e")
         .join(format!("attest-cli-{}", std::process::id()));
-    let pack = pack(
-        &dir,
-        &[("hello", sign(&key, "hello", "1.0.0", &built["hello"]))],
-        &policy,
-    );
+    let signed = signed_pack(&dir, &["hello"]);
+    let key = &signed.key;
     let key_pub = dir.join("key.pub");
     std::fs::write(&key_pub, key.trusted_key().to_json()).unwrap();
-    let vm = boot_full("attest-cli", &[], Some(&pack), 96);
+    let vm = boot_full("attest-cli", &[], Some(&signed.pack), 96);
     let url = vm.url();
     let kernel = kernel_image();
     let os = |p: &Path| p.as_os_str().to_owned();
