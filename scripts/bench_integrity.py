@@ -125,6 +125,8 @@ def throughput(rows, overhead):
                 per_mib = s["last_round_us"] / (s["last_round_bytes"] / 1048576)
                 RAW["cpu_share_pct"].setdefault(str(interval), []).append(share)
                 RAW["us_per_mib"].setdefault(str(interval), []).append(per_mib)
+                RAW.setdefault("round_parts_us", {}).setdefault(str(interval), []).append(
+                    s.get("last_round_parts_us", {}))
                 overhead.append(
                     f"| {label} | {rnd} | {s['rounds']} | {s['total_round_us'] / max(s['rounds'], 1):.0f} | "
                     f"{s['max_round_us']} | {s['last_round_bytes']} | {per_mib:.0f} | {share:.2f} % |")
@@ -223,6 +225,24 @@ def main():
         for r in overhead_rows:
             w(r)
         w()
+        shares = RAW["cpu_share_pct"].get("100", [])
+        losses = [r for r in summary if r.startswith("| 100 ms |")]
+        if shares:
+            w(f"**The target, at most 2 % loss at 100 ms:** the monitor's CPU share at 100 ms is "
+              f"{min(shares):.2f}–{max(shares):.2f} % in this run ({'within' if max(shares) <= 2.0 else 'above'} "
+              f"the target). The throughput loss row above ({losses[0] if losses else 'n/a'}) is not resolvable "
+              "here: TCG on a shared 2-core host moves throughput by more between rounds than the monitor costs. "
+              "With the vCPU saturated, the monitor's share of guest time is what it takes from requests, so the "
+              "share is the number to judge (under KVM the digests run natively and the share is far smaller; "
+              "not measurable on this host).")
+            w()
+        parts = RAW.get("round_parts_us", {}).get("100", [])
+        if parts and all(parts):
+            last = parts[-1]
+            w(f"Where a round's time goes (the last 100 ms run, `/_tuk/status` `last_round_parts_us`): kernel text + "
+              f"rodata {last.get('kernel')} µs, page-table audit {last.get('wx_audit')} µs, components "
+              f"{last.get('components')} µs.")
+            w()
         w("Detection latency: after a random delay (uniform over one interval, so tampering lands at a random "
           "phase of the monitor's rounds), `tuk tamper` flips one byte of hello's code image, then `/_tuk/status` "
           "is polled every 2 ms until the violation is recorded and hello is re-instantiated. It includes the "

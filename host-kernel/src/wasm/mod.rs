@@ -129,6 +129,12 @@ pub struct Deployed {
     component: Component,
     /// The integrity monitor's record for this component.
     pub integrity: Record,
+    /// Per immutable range (`invariants.immutable`, same order): the keyed fingerprint of its
+    /// bytes, taken by the first check that found them equal to the signed SHA-256 (from the
+    /// same slice, at the same moment). Later checks compare fingerprints, as for the code
+    /// image: a SHA-256 per range per round cost more than the rest of a component's check.
+    /// The bytes a fresh instance holds are the same, so these survive rebuilds.
+    immutable_fingerprints: Vec<Option<u128>>,
 }
 
 /// How to make code this kernel loads (completes "recompile it with …").
@@ -203,6 +209,7 @@ impl Runtime {
             image,
             component,
             integrity,
+            immutable_fingerprints: Vec::new(),
         };
         deployed
             .instance
@@ -249,7 +256,7 @@ impl Deployed {
     }
 
     /// Re-measures the code image and checks the instance's invariants. `Ok` if all hold.
-    pub fn check(&self) -> Result<(), Violation> {
+    pub fn check(&mut self) -> Result<(), Violation> {
         let bytes = platform::image_bytes(&self.component);
         if crate::integrity::fingerprint(bytes) != self.image.fingerprint {
             let observed = sha256(bytes);
@@ -298,8 +305,20 @@ impl Deployed {
         self.invariants
             .check_memory_size(mem.bytes() as u64, self.instance.limits.memory_bytes as u64)
             .map_err(|e| Violation::simple("memory-size", e))?;
-        for range in &self.invariants.immutable {
-            let observed = mem.read(range.offset, range.len, sha256).ok_or_else(|| {
+        self.immutable_fingerprints
+            .resize(self.invariants.immutable.len(), None);
+        for (range, reference) in self
+            .invariants
+            .immutable
+            .iter()
+            .zip(self.immutable_fingerprints.iter_mut())
+        {
+            let fingerprinted = mem.read(range.offset, range.len, |bytes| match reference {
+                Some(fp) if crate::integrity::fingerprint(bytes) == *fp => None,
+                // First check, or changed: the SHA-256 decides (and names what is there).
+                _ => Some((sha256(bytes), crate::integrity::fingerprint(bytes))),
+            });
+            let observed = fingerprinted.ok_or_else(|| {
                 Violation::simple(
                     "immutable-data",
                     format!(
@@ -308,6 +327,9 @@ impl Deployed {
                     ),
                 )
             })?;
+            let Some((observed, fp)) = observed else {
+                continue; // unchanged since its SHA-256 was checked
+            };
             if observed != range.sha256 {
                 return Err(Violation {
                     check: "immutable-data",
@@ -319,6 +341,7 @@ impl Deployed {
                     observed: Some(hex(&observed)),
                 });
             }
+            *reference = Some(fp);
         }
         Ok(())
     }
