@@ -117,8 +117,8 @@ impl Deployer {
         meta: &[(&str, &str)],
         runtime_publish: bool,
     ) -> Result<String, Refusal> {
-        let (mut limits, config) =
-            crate::wasm::deployment_from_meta(meta.iter().copied()).map_err(|e| refuse(400, e))?;
+        let (mut limits, config) = tuk_service_host::deployment_from_meta(meta.iter().copied())
+            .map_err(|e| refuse(400, e))?;
         let t0 = crate::arch::now_us();
         let mut invariants = tuk_invariants::Invariants::default();
         let (code, mut content) = match &self.mode {

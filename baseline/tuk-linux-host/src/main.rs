@@ -339,15 +339,15 @@ fn deploy_all(runtime: &mut runtime::Runtime, dir: &Path, config: &Config) {
             .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
             .collect();
         meta.extend(config.components.get(&name).cloned().unwrap_or_default());
-        let (limits, component_config) =
-            match runtime::deployment_from_meta(meta.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            {
-                Ok(x) => x,
-                Err(e) => {
-                    log::error!("component {name} refused: {e}");
-                    continue;
-                }
-            };
+        let (limits, component_config) = match tuk_service_host::deployment_from_meta(
+            meta.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ) {
+            Ok(x) => x,
+            Err(e) => {
+                log::error!("component {name} refused: {e}");
+                continue;
+            }
+        };
         let started = Instant::now();
         let rss_before = resident_bytes();
         let code = match fs::read(&path) {

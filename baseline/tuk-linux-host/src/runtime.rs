@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tuk_http::{Request, Response};
-use tuk_service_host::{EpochTimer, HostState, LogTargets, Platform};
+use tuk_service_host::{EpochTimer, HostState, Platform};
 pub use tuk_service_host::{Instance, Limits, LoadError};
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
@@ -44,14 +44,6 @@ impl Platform for Linux {
 
     fn random_bytes(&self, out: &mut [u8]) {
         sys::random_bytes(out);
-    }
-
-    fn log_targets(&self) -> LogTargets {
-        // The module paths these lines had before the code was shared.
-        LogTargets {
-            dispatch: module_path!(),
-            host: "tuk_linux_host::host",
-        }
     }
 }
 
@@ -165,12 +157,4 @@ impl Runtime {
         let deployed = self.components.get_mut(name)?;
         Some(deployed.handle(path, req, &*self.ticker))
     }
-}
-
-/// Parses a deployment's `key=value` metadata into limits and configuration (the keys of
-/// tuk's boot pack: `memory_limit_bytes`, `deadline_ms`, `config.<key>`).
-pub fn deployment_from_meta<'a>(
-    meta: impl Iterator<Item = (&'a str, &'a str)>,
-) -> Result<(Limits, BTreeMap<String, String>), String> {
-    tuk_service_host::deployment_from_meta(meta, module_path!())
 }

@@ -289,11 +289,7 @@ impl<P: Probe> Instance<P> {
     fn rebuild(&mut self) {
         self.park();
         if let Err(e) = self.instantiate() {
-            log::error!(
-                target: self.platform.log_targets().dispatch,
-                "component {}: re-instantiation failed: {e}",
-                self.name
-            );
+            log::error!("component {}: re-instantiation failed: {e}", self.name);
         }
     }
 
@@ -336,15 +332,13 @@ impl<P: Probe> Instance<P> {
             .call_handle(&mut live.store, &wit_req);
         timer.stop();
         live.store.set_epoch_deadline(u64::MAX / 2);
-        let targets = self.platform.log_targets();
         match result {
-            Ok(resp) => host::from_wit_response(resp, targets.host),
+            Ok(resp) => host::from_wit_response(resp),
             Err(e) => {
                 let interrupted = e.downcast_ref::<Trap>() == Some(&Trap::Interrupt);
                 let response = if interrupted {
                     self.stats.deadline_exceeded += 1;
                     log::warn!(
-                        target: targets.dispatch,
                         "component {}: request exceeded its {} ms deadline; rebuilding the instance",
                         self.name,
                         self.limits.deadline_ms
@@ -360,11 +354,10 @@ impl<P: Probe> Instance<P> {
                     self.stats.traps += 1;
                     let summary = trap_summary(&e);
                     log::warn!(
-                        target: targets.dispatch,
                         "component {} trapped: {summary}; rebuilding the instance",
                         self.name
                     );
-                    log::debug!(target: targets.dispatch, "component {}: {e:?}", self.name);
+                    log::debug!("component {}: {e:?}", self.name);
                     Response::error(500, &format!("component {} trapped: {summary}", self.name))
                 };
                 self.rebuild();
@@ -385,10 +378,9 @@ fn trap_summary(e: &wasmtime::Error) -> String {
 
 /// Parses a deployment's `key=value` metadata into limits and configuration (the keys of
 /// tuk's boot pack: `memory_limit_bytes`, `deadline_ms`, `config.<key>`). Unknown keys are
-/// logged under `log_target` and ignored.
+/// logged and ignored.
 pub fn deployment_from_meta<'a>(
     meta: impl Iterator<Item = (&'a str, &'a str)>,
-    log_target: &str,
 ) -> Result<(Limits, BTreeMap<String, String>), String> {
     let mut limits = Limits::default();
     let mut config = BTreeMap::new();
@@ -408,7 +400,7 @@ pub fn deployment_from_meta<'a>(
                 Some(key) => {
                     config.insert(key.into(), v.into());
                 }
-                None => log::warn!(target: log_target, "ignoring unknown deployment key `{k}`"),
+                None => log::warn!("ignoring unknown deployment key `{k}`"),
             },
         }
     }
@@ -425,8 +417,7 @@ mod tests {
     type Parsed = (Limits, Vec<(String, String)>);
 
     fn meta(pairs: &[(&'static str, &'static str)]) -> Result<Parsed, String> {
-        deployment_from_meta(pairs.iter().copied(), "test")
-            .map(|(l, c)| (l, c.into_iter().collect()))
+        deployment_from_meta(pairs.iter().copied()).map(|(l, c)| (l, c.into_iter().collect()))
     }
 
     #[test]

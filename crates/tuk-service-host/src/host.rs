@@ -192,18 +192,15 @@ pub fn to_wit_request(path: &str, req: &tuk_http::Request) -> WitRequest {
 }
 
 /// Turns the component's answer into an HTTP response. Header values that are not text are
-/// dropped here (logged at debug level under `log_target`); tuk-http drops names or values that
-/// could break framing.
-pub fn from_wit_response(resp: WitResponse, log_target: &str) -> tuk_http::Response {
+/// dropped here (logged at debug level); tuk-http drops names or values that could break
+/// framing.
+pub fn from_wit_response(resp: WitResponse) -> tuk_http::Response {
     let mut out = tuk_http::Response::new(resp.status);
     out.body = resp.body;
     for (name, value) in resp.headers {
         match String::from_utf8(value) {
             Ok(v) => out.headers.push((name, v)),
-            Err(_) => log::debug!(
-                target: log_target,
-                "dropping a non-UTF-8 value of response header {name}"
-            ),
+            Err(_) => log::debug!("dropping a non-UTF-8 value of response header {name}"),
         }
     }
     out
@@ -218,7 +215,6 @@ mod tests {
     use crate::bindings::tuk::service::kv::Host as KvHost;
     use crate::bindings::tuk::service::random::Host as _;
     use crate::dispatch::Limits;
-    use crate::LogTargets;
 
     struct Fake;
 
@@ -231,12 +227,6 @@ mod tests {
         }
         fn random_bytes(&self, out: &mut [u8]) {
             out.fill(0xa5);
-        }
-        fn log_targets(&self) -> LogTargets {
-            LogTargets {
-                dispatch: "test::dispatch",
-                host: "test::host",
-            }
         }
     }
 
@@ -374,7 +364,7 @@ mod tests {
             ],
             body: b"ok".to_vec(),
         };
-        let out = from_wit_response(resp, "test");
+        let out = from_wit_response(resp);
         assert_eq!(out.status, 201);
         assert_eq!(out.body, b"ok");
         assert_eq!(

@@ -14,8 +14,8 @@
 //!   against the world ([`link`]); the deployment metadata keys ([`deployment_from_meta`]).
 //!
 //! What the platform supplies:
-//! - a [`Platform`]: the wall clock, the monotonic clock, random bytes and the log targets of
-//!   the lines this crate writes (records go through the `log` facade to the platform's logger);
+//! - a [`Platform`]: the wall clock, the monotonic clock and random bytes (this crate's log
+//!   records go through the `log` facade to the platform's logger);
 //! - an [`EpochTimer`] that advances the engine's epoch every `tuk_engine::EPOCH_TICK_MS` while
 //!   a request runs (the kernel's LAPIC timer, the baseline's ticker thread);
 //! - optionally a [`Probe`] that records what an instantiation created (the kernel: its linear
@@ -60,16 +60,4 @@ pub trait Platform: Send + Sync {
     /// Fills `out` with cryptographically secure random bytes (at most
     /// [`host::RANDOM_MAX_BYTES`] at a time).
     fn random_bytes(&self, out: &mut [u8]);
-    /// The `log` targets of the records this crate writes.
-    fn log_targets(&self) -> LogTargets;
-}
-
-/// The `log` targets of this crate's records. The platforms keep the module paths these lines
-/// had before the code was shared, so their consoles read as they did.
-#[derive(Clone, Copy, Debug)]
-pub struct LogTargets {
-    /// Instantiation, traps, deadlines ([`dispatch`]).
-    pub dispatch: &'static str,
-    /// The HTTP conversion ([`host`]). A component's own log lines use the target `component`.
-    pub host: &'static str,
 }

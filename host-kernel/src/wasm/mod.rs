@@ -32,8 +32,7 @@ use tuk_http::{Request, Response};
 use tuk_invariants::Invariants;
 use tuk_measure::{hex, sha256};
 use tuk_service_host::{
-    EpochTimer, HostState, Instance, LogTargets, Platform, Probe, Service, ServicePre,
-    TABLE_ELEMENTS,
+    EpochTimer, HostState, Instance, Platform, Probe, Service, ServicePre, TABLE_ELEMENTS,
 };
 pub use tuk_service_host::{Limits, LoadError};
 use wasmtime::component::{Component, Linker};
@@ -68,13 +67,6 @@ impl Platform for Kernel {
     fn random_bytes(&self, out: &mut [u8]) {
         for chunk in out.chunks_mut(8) {
             chunk.copy_from_slice(&arch::random_u64().to_le_bytes()[..chunk.len()]);
-        }
-    }
-
-    fn log_targets(&self) -> LogTargets {
-        LogTargets {
-            dispatch: module_path!(),
-            host: concat!(module_path!(), "::host"),
         }
     }
 }
@@ -365,11 +357,4 @@ impl Deployed {
         }
         self.instance.handle(path, req, &LapicTimer)
     }
-}
-
-/// Parses a deployment's `key=value` metadata into limits and configuration.
-pub fn deployment_from_meta<'a>(
-    meta: impl Iterator<Item = (&'a str, &'a str)>,
-) -> Result<(Limits, BTreeMap<String, String>), String> {
-    tuk_service_host::deployment_from_meta(meta, module_path!())
 }
