@@ -216,9 +216,21 @@ fn auto_falls_back_to_tcg_when_the_kvm_boot_dies() {
     };
     assert_eq!(*accel, Accel::Tcg);
     if kvm_usable {
-        // The KVM attempt's console was kept aside before TCG started.
-        let kvm_log = std::fs::read_to_string(state.join("console-kvm.log")).unwrap();
-        assert_eq!(kvm_log, "PANIC: dies everywhere\n");
+        // The KVM attempt's console was kept aside before TCG started. What it holds depends on
+        // the host's KVM: the guest may print its panic line, die on its first SSE instruction,
+        // or QEMU may abort before the guest runs at all (docs/platform.md, "KVM"). The promise
+        // is that whatever it printed is kept, so the file exists and is a prefix of the
+        // guest's output, and QEMU's own words about the KVM attempt are kept beside it.
+        let kvm_log = std::fs::read_to_string(state.join("console-kvm.log"))
+            .expect("the KVM attempt's console must be kept in console-kvm.log");
+        assert!(
+            "PANIC: dies everywhere\n".starts_with(&kvm_log),
+            "console-kvm.log holds something the guest never printed: {kvm_log:?}"
+        );
+        assert!(
+            state.join("qemu-stderr-kvm.log").is_file(),
+            "the KVM attempt's QEMU stderr must be kept in qemu-stderr-kvm.log"
+        );
     }
     let log = std::fs::read_to_string(state.join("console.log")).unwrap();
     assert_eq!(log, "PANIC: dies everywhere\n");
