@@ -56,9 +56,13 @@ class Vm:
     def __init__(self, name, interval_ms, policy="reinstantiate", extra=()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # /_tuk/status is served on the admin listener.
+        self.admin_port = free_port()
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.state = os.path.join(WORK, f"state-{name}")
         self.events = open(os.path.join(WORK, f"{name}.events"), "w+")
         args = [TUK, "run", "--listen", f"127.0.0.1:{self.port}", "--accel", "tcg",
+                "--admin-listen", f"127.0.0.1:{self.admin_port}",
                 "--memory", "96", "--state-dir", self.state,
                 "--trust", os.path.join(WORK, "bench.pub"),
                 "--kernel-arg", f"integrity.interval_ms={interval_ms}",
@@ -80,7 +84,7 @@ class Vm:
         sys.exit(f"{name}: tuk run did not become ready; see {WORK}/{name}.err")
 
     def status(self):
-        return http_json(self.url + "/_tuk/status")
+        return http_json(self.admin + "/_tuk/status")
 
     def stop(self):
         if self.proc.poll() is None:

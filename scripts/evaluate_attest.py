@@ -66,15 +66,17 @@ def main():
         key_pub = os.path.join(work, "eval.pub")
         run(tuk, "sign", os.path.join(components, "hello.wasm"), "--key", os.path.join(work, "eval.key"),
             "--name", "hello", "--version", "1.0.0", "-o", os.path.join(work, "hello.bundle"))
-        port = free_port()
+        port, admin_port = free_port(), free_port()
         vm_events = os.path.join(work, "vm.events")
         vm = subprocess.Popen([tuk, "run", "--kernel", kernel, "--listen", f"127.0.0.1:{port}", "--accel", "tcg",
+                               "--admin-listen", f"127.0.0.1:{admin_port}",
                                "--memory", "96", "--state-dir", os.path.join(work, "vm"), "--trust", key_pub,
                                "--component", f"hello={os.path.join(work, 'hello.bundle')}"],
                               stdout=open(vm_events, "w"), stderr=open(os.path.join(work, "vm.err"), "w"), env=env)
         procs.append(vm)
         wait_ready(vm_events, vm, "tuk run")
-        url = f"http://127.0.0.1:{port}"
+        # Attestation is served on the admin listener.
+        url = f"http://127.0.0.1:{admin_port}"
         refs = ["--kernel", kernel, "--trust", key_pub]
         cli, statuses = [], []
         for i in range(n + 1):
@@ -91,12 +93,17 @@ def main():
                                     stdout=open(v_events, "w"), stderr=open(os.path.join(work, "verifier.err"), "w"),
                                     env=env)
         procs.append(verifier)
-        vurl = "http://" + wait_ready(v_events, verifier, "tuk verifier serve")["listen"]
+        ready = wait_ready(v_events, verifier, "tuk verifier serve")
+        vurl = "http://" + ready["listen"]
+        # The verifier's API wants a bearer token: the admin token it made on first start.
+        with open(ready["admin_token_file"]) as f:
+            token = f.read().strip()
 
         def post(path, body=None):
             data = json.dumps(body).encode() if body is not None else b""
             r = urllib.request.Request(vurl + path, data=data, method="POST",
-                                       headers={"Content-Type": "application/json"})
+                                       headers={"Content-Type": "application/json",
+                                                "Authorization": "Bearer " + token})
             with urllib.request.urlopen(r, timeout=60) as resp:
                 return json.loads(resp.read())
 

@@ -18,6 +18,16 @@ pub struct Config {
     pub prefix_len: u8,
     pub gateway: Option<Ipv4Addr>,
     pub port: u16,
+    /// The admin listener's port (`admin.port`): every `/_tuk/*` endpoint (routes.rs).
+    pub admin_port: u16,
+    /// The admin listener's own socket pool (`admin.listeners`, `admin.max_connections`),
+    /// separate from the service listener's, so a flood there cannot take these.
+    pub admin_listeners: usize,
+    pub admin_max_connections: usize,
+    /// Quotes and credential activations per second (`ratelimit.tpm_per_s`) and the burst
+    /// saved up (`ratelimit.tpm_burst`).
+    pub tpm_per_s: u32,
+    pub tpm_burst: u32,
     pub log_level: LevelFilter,
     pub http: Limits,
     /// Sockets kept listening at all times (smoltcp has no accept backlog: each pending SYN
@@ -38,6 +48,11 @@ impl Default for Config {
             prefix_len: 24,
             gateway: Some(Ipv4Addr::new(10, 0, 2, 2)),
             port: 80,
+            admin_port: 8081,
+            admin_listeners: 4,
+            admin_max_connections: 16,
+            tpm_per_s: 10,
+            tpm_burst: 20,
             log_level: LevelFilter::Info,
             http: Limits::default(),
             listeners: 64,
@@ -93,6 +108,31 @@ impl Config {
                     .filter(|p| *p != 0)
                     .map(|p| c.port = p)
                     .is_some(),
+                "admin.port" => value
+                    .parse()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .map(|p| c.admin_port = p)
+                    .is_some(),
+                "admin.listeners" => value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .map(|n| c.admin_listeners = n)
+                    .is_some(),
+                "admin.max_connections" => value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .map(|n| c.admin_max_connections = n)
+                    .is_some(),
+                "ratelimit.tpm_per_s" => value.parse().map(|v| c.tpm_per_s = v).is_ok(),
+                "ratelimit.tpm_burst" => value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .map(|n| c.tpm_burst = n)
+                    .is_some(),
                 "log" => parse_level(value).map(|l| c.log_level = l).is_some(),
                 "http.idle_timeout_ms" => value.parse().map(|v| c.http.idle_timeout_ms = v).is_ok(),
                 "http.request_timeout_ms" => {
@@ -126,6 +166,14 @@ impl Config {
                     continue;
                 }
             };
+            if ok && key.ends_with("port") && c.port == c.admin_port {
+                warnings.push(format!(
+                    "port and admin.port are both {}: the admin listener moves to {}",
+                    c.port,
+                    c.port.wrapping_add(1).max(1)
+                ));
+                c.admin_port = c.port.wrapping_add(1).max(1);
+            }
             if !ok {
                 warnings.push(format!(
                     "ignoring `{word}`: invalid value for `{key}`, using the default"

@@ -9,7 +9,14 @@
 //!    deserialized next: boot modules are write-protected, request bodies are owned buffers),
 //!    the version, signer, limits and configuration; PCR 9 is extended with the SHA-256 of that
 //!    content's canonical JSON, and the record appended;
-//! 3. only then load and instantiate; a failure leaves whatever ran before untouched.
+//! 3. only then load and instantiate; a failure leaves whatever ran before untouched, and
+//!    (the code having been measured already) PCR 9 is extended with a `tuk.component-failed`
+//!    record naming it, which cancels the `tuk.component` record for an appraiser
+//!    (docs/measurement.md).
+//!
+//! A runtime publish of a new version keeps the running version's kv data and configuration
+//! (the boot-time `config.*`) unless the publisher asks for a reset ([`Reset`]); the PCR 9
+//! record carries the configuration actually applied.
 
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -21,7 +28,7 @@ use tuk_measure::policy::TrustPolicy;
 use tuk_measure::{hex, sha256, verify_bundle};
 
 use crate::measured::{Measurements, PCR_COMPONENTS, PCR_POLICY};
-use crate::wasm::{Limits, Runtime};
+use crate::wasm::{KvStore, Limits, Runtime};
 
 /// Why a deployment was refused; `status` is the HTTP status for runtime publishing.
 #[derive(Debug)]
@@ -34,6 +41,46 @@ fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
     Refusal {
         status,
         reason: reason.into(),
+    }
+}
+
+/// What a runtime publish discards of the version it replaces (default: nothing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reset {
+    /// Start the new version with empty kv data.
+    pub kv: bool,
+    /// Start it with no configuration (instead of the running version's).
+    pub config: bool,
+}
+
+impl Reset {
+    /// From a publish request's query: `reset=kv`, `reset=config`, `reset=kv,config` or
+    /// `reset=all` (several `reset=` add up). Anything else is refused with the reason.
+    pub fn from_query(query: Option<&str>) -> Result<Reset, String> {
+        let mut reset = Reset::default();
+        for pair in query.into_iter().flat_map(|q| q.split('&')) {
+            let Some(values) = pair.strip_prefix("reset=") else {
+                if pair.is_empty() {
+                    continue;
+                }
+                return Err(format!(
+                    "unknown publish parameter `{pair}`; the only one is reset=kv|config|all"
+                ));
+            };
+            for v in values.split([',', '+']).flat_map(|v| v.split("%2C")) {
+                match v {
+                    "kv" => reset.kv = true,
+                    "config" => reset.config = true,
+                    "all" => (reset.kv, reset.config) = (true, true),
+                    other => {
+                        return Err(format!(
+                            "reset={other} is unknown; use reset=kv, reset=config or reset=all"
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(reset)
     }
 }
 
@@ -116,9 +163,25 @@ impl Deployer {
         data: &[u8],
         meta: &[(&str, &str)],
         runtime_publish: bool,
+        reset: Reset,
     ) -> Result<String, Refusal> {
-        let (mut limits, config) = tuk_service_host::deployment_from_meta(meta.iter().copied())
+        let (mut limits, mut config) = tuk_service_host::deployment_from_meta(meta.iter().copied())
             .map_err(|e| refuse(400, e))?;
+        // A new version takes over the running one's kv data and configuration unless asked
+        // not to; the configuration applied is the one measured below.
+        let mut kv = KvStore::default();
+        let mut kv_kept = false;
+        if runtime_publish {
+            if let Some((old_kv, old_config)) = self.runtime.state(name) {
+                if !reset.kv {
+                    kv_kept = !old_kv.is_empty();
+                    kv = old_kv;
+                }
+                if !reset.config && config.is_empty() {
+                    config = old_config;
+                }
+            }
+        }
         let t0 = crate::arch::now_us();
         let mut invariants = tuk_invariants::Invariants::default();
         let (code, mut content) = match &self.mode {
@@ -192,10 +255,45 @@ impl Deployer {
             )
             .map_err(|e| refuse(503, format!("cannot measure the component: {e}")))?;
         let t_measured = crate::arch::now_us();
-        let d = self
+        let d = match self
             .runtime
-            .deploy(name, code, invariants, limits, config)
-            .map_err(|e| refuse(422, format!("{e}")))?;
+            .deploy(name, code, invariants, limits, config, kv)
+        {
+            Ok(d) => d,
+            Err(e) => {
+                let error = format!("{e}");
+                // The code was measured as deployed: record that it is not running (D3), so
+                // an appraiser does not take the tuk.component record above for what runs.
+                let failed = json!({
+                    "name": name,
+                    "code_sha256": hex(&code_digest),
+                    "error": error,
+                });
+                let recorded = serde_json::to_vec(&failed)
+                    .map_err(|e| format!("{e}"))
+                    .and_then(|canonical| {
+                        self.measurements.extend(
+                            PCR_COMPONENTS,
+                            &sha256(&canonical),
+                            "tuk.component-failed",
+                            failed,
+                        )
+                    });
+                if let Err(m) = recorded {
+                    log::error!("cannot measure the failed deployment of {name}: {m}");
+                }
+                return Err(refuse(
+                    422,
+                    format!(
+                        "{error} (recorded in PCR 9 as tuk.component-failed; what ran before \
+                         keeps running)"
+                    ),
+                ));
+            }
+        };
+        if kv_kept {
+            log::info!("component {name}: the new version keeps the kv data of the old one");
+        }
         let t_loaded = crate::arch::now_us();
         let summary = format!(
             "{} ({} bytes of code, sha256 {})",

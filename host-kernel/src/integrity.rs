@@ -41,8 +41,9 @@ use crate::arch::{self, ExitCode};
 use crate::deploy::Deployer;
 use crate::measured::PCR_INTEGRITY;
 
-/// The per-boot secret of [`fingerprint`] (192 bytes from the CPU's random source).
-static SECRET: Once<[u8; 192]> = Once::new();
+/// The per-boot secret of [`fingerprint`] (192 bytes from the CPU's random source), in a
+/// sealed page (`arch::seal`: read-only, checked by every round's page-table audit).
+static SECRET: Once<&'static [u8; 192]> = Once::new();
 
 /// The keyed fast digest used for periodic comparison of large ranges (see the module docs).
 pub fn fingerprint(bytes: &[u8]) -> u128 {
@@ -51,9 +52,9 @@ pub fn fingerprint(bytes: &[u8]) -> u128 {
         for chunk in s.chunks_mut(8) {
             chunk.copy_from_slice(&arch::random_u64().to_le_bytes());
         }
-        s
+        arch::seal(s)
     });
-    xxh3_128_with_secret(bytes, secret)
+    xxh3_128_with_secret(bytes, &secret[..])
 }
 
 /// Throughput of both digests over the kernel's text, measured once at boot (MB/s).
@@ -117,7 +118,11 @@ impl Default for Settings {
 #[derive(Clone, Debug)]
 pub struct Violation {
     /// Which check: `code`, `immutable-data`, `memory-size`, `memory-count`, `table-size`,
-    /// `kernel-text`, `kernel-rodata`, `kernel-wx`.
+    /// `kernel-text`, `kernel-rodata`, `kernel-wx`, `kernel-exec` (executable pages other
+    /// than the expected set), `kernel-identity` (a page that does not map its own frame),
+    /// `kernel-control` (CR0/CR3/CR4/EFER/IDTR/GDTR changed), `kernel-descriptors` (the
+    /// IDT, GDT or TSS contents changed), `kernel-sealed` (a page holding the references or
+    /// the secret is no longer read-only).
     pub check: &'static str,
     pub detail: String,
     pub expected: Option<String>,
@@ -200,21 +205,70 @@ pub struct RoundStats {
     pub last_kernel_us: u64,
     pub last_wx_us: u64,
     pub last_components_us: u64,
+    /// The last round's page-table audit.
+    pub last_audit: arch::WxAudit,
 }
 
 pub struct Monitor {
     pub settings: Settings,
     next_due_us: u64,
     pub kernel: Record,
-    text_ref: [u8; 32],
-    rodata_ref: [u8; 32],
-    /// Fingerprints of the text and rodata taken with the SHA-256 references.
-    text_fp: u128,
-    rodata_fp: u128,
+    /// The kernel's reference values, sealed (see [`References`]).
+    refs: &'static References,
     pub hash_rates: HashRates,
     /// Kernel checks already recorded as violated (each is extended once).
     kernel_flagged: Vec<&'static str>,
     pub stats: RoundStats,
+}
+
+/// The kernel's reference values, taken once at boot and then sealed in a read-only page of
+/// their own (`arch::seal`), which every round's page-table audit checks is still read-only,
+/// no-execute and identity-mapped (docs/measurement.md, "Where the references live").
+#[derive(Clone, Copy, Debug)]
+struct References {
+    text_sha256: [u8; 32],
+    rodata_sha256: [u8; 32],
+    /// Fingerprints of the text and rodata taken with the SHA-256 references.
+    text_fp: u128,
+    rodata_fp: u128,
+    /// The control and descriptor-table registers after boot (the final page tables live).
+    control: arch::ControlState,
+    /// Fingerprints of the IDT, GDT and TSS bytes after boot, with their SHA-256.
+    descriptors: [(u128, [u8; 32]); 3],
+}
+
+/// The bytes of the IDT, GDT and TSS (empty for a table the registers no longer place in the
+/// kernel's image: the control check names that).
+fn descriptor_bytes() -> [&'static [u8]; 3] {
+    let (idt, gdt) = arch::descriptor_tables();
+    [
+        idt.unwrap_or_default(),
+        gdt.unwrap_or_default(),
+        arch::tss_bytes().unwrap_or_default(),
+    ]
+}
+
+const DESCRIPTOR_NAMES: [&str; 3] = ["IDT", "GDT", "TSS"];
+
+/// What differs between two readings of the control registers, e.g. `CR0 0x80010033 ->
+/// 0x80000033`; empty if nothing does.
+fn control_changes(boot: &arch::ControlState, now: &arch::ControlState) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, a, b) in [
+        ("CR0", boot.cr0, now.cr0),
+        ("CR3", boot.cr3, now.cr3),
+        ("CR4", boot.cr4, now.cr4),
+        ("EFER", boot.efer, now.efer),
+        ("IDTR.base", boot.idtr_base, now.idtr_base),
+        ("IDTR.limit", boot.idtr_limit.into(), now.idtr_limit.into()),
+        ("GDTR.base", boot.gdtr_base, now.gdtr_base),
+        ("GDTR.limit", boot.gdtr_limit.into(), now.gdtr_limit.into()),
+    ] {
+        if a != b {
+            out.push(format!("{name} {a:#x} -> {b:#x}"));
+        }
+    }
+    out
 }
 
 impl Monitor {
@@ -250,22 +304,61 @@ impl Monitor {
             settings,
             next_due_us: now_us + settings.interval_ms * 1000,
             kernel: Record::default(),
-            text_ref,
-            rodata_ref: sha256(arch::kernel_rodata()),
-            text_fp,
-            rodata_fp: fingerprint(arch::kernel_rodata()),
+            refs: arch::seal(References {
+                text_sha256: text_ref,
+                rodata_sha256: sha256(arch::kernel_rodata()),
+                text_fp,
+                rodata_fp: fingerprint(arch::kernel_rodata()),
+                control: arch::control_state(),
+                descriptors: descriptor_bytes().map(|b| (fingerprint(b), sha256(b))),
+            }),
             hash_rates,
             kernel_flagged: Vec::new(),
             stats: RoundStats::default(),
         }
     }
 
+    /// The kernel's run-time facts for `/_tuk/status`'s `kernel` object: the last page-table
+    /// audit, the control registers and where the descriptor tables are.
+    pub fn kernel_status(&self) -> Value {
+        let a = &self.stats.last_audit;
+        let c = &self.refs.control;
+        let tables = descriptor_bytes();
+        let table = |i: usize| {
+            json!({
+                "addr": tables[i].as_ptr() as u64,
+                "len": tables[i].len(),
+                "sha256": hex(&self.refs.descriptors[i].1),
+            })
+        };
+        json!({
+            "paging": {
+                "mapped_pages": a.mapped_pages,
+                "executable_pages": a.executable_pages,
+                "expected_executable_pages": a.expected_executable_pages,
+                "unexpected_executable_pages": a.unexpected_executable_pages,
+                "missing_executable_pages": a.missing_executable_pages,
+                "writable_executable_pages": a.writable_executable_pages,
+                "non_identity_pages": a.non_identity_pages,
+                "sealed_pages": a.sealed_pages,
+                "unsealed_pages": a.unsealed_pages,
+            },
+            "sealed": arch::sealed_ranges().iter().map(|&(start, end)| json!({"addr": start, "len": end - start})).collect::<Vec<_>>(),
+            "control": {
+                "cr0": c.cr0, "cr3": c.cr3, "cr4": c.cr4, "efer": c.efer,
+                "idtr": {"base": c.idtr_base, "limit": c.idtr_limit},
+                "gdtr": {"base": c.gdtr_base, "limit": c.gdtr_limit},
+            },
+            "descriptor_tables": {"idt": table(0), "gdt": table(1), "tss": table(2)},
+        })
+    }
+
     pub fn kernel_text_sha256(&self) -> &[u8; 32] {
-        &self.text_ref
+        &self.refs.text_sha256
     }
 
     pub fn kernel_rodata_sha256(&self) -> &[u8; 32] {
-        &self.rodata_ref
+        &self.refs.rodata_sha256
     }
 
     /// When the next round is due (`None`: re-measurement is off).
@@ -280,7 +373,7 @@ impl Monitor {
         }
         self.round(deployer, now_us);
         let end = arch::now_us();
-        self.next_due_us = end + self.settings.interval_ms * 1000;
+        self.next_due_us = end + jittered(self.settings.interval_ms * 1000, arch::random_u64());
     }
 
     /// One full round over the kernel and every trusted component.
@@ -295,8 +388,18 @@ impl Monitor {
         bytes += (text.len() + rodata.len()) as u64;
         let mut found = Vec::new();
         for (check, section, reference, fp) in [
-            ("kernel-text", text, self.text_ref, self.text_fp),
-            ("kernel-rodata", rodata, self.rodata_ref, self.rodata_fp),
+            (
+                "kernel-text",
+                text,
+                self.refs.text_sha256,
+                self.refs.text_fp,
+            ),
+            (
+                "kernel-rodata",
+                rodata,
+                self.refs.rodata_sha256,
+                self.refs.rodata_fp,
+            ),
         ] {
             if fingerprint(section) != fp {
                 // Changed: the record names the SHA-256 of what is there now.
@@ -316,16 +419,43 @@ impl Monitor {
         }
         let kernel_done = arch::now_us();
         let wx = arch::audit_wx();
-        let wx_done = arch::now_us();
-        if wx.writable_executable_pages != 0 {
+        found.extend(audit_violations(&wx));
+        let control = arch::control_state();
+        let changes = control_changes(&self.refs.control, &control);
+        if !changes.is_empty() {
             found.push(Violation::simple(
-                "kernel-wx",
+                "kernel-control",
                 format!(
-                    "{} pages are writable and executable",
-                    wx.writable_executable_pages
+                    "control registers changed since boot: {}",
+                    changes.join(", ")
                 ),
             ));
         }
+        let tables = descriptor_bytes();
+        let changed: Vec<&str> = DESCRIPTOR_NAMES
+            .iter()
+            .zip(tables.iter().zip(&self.refs.descriptors))
+            .filter(|(_, (bytes, (fp, _)))| fingerprint(bytes) != *fp)
+            .map(|(name, _)| *name)
+            .collect();
+        if let Some(first) = changed.first() {
+            let i = DESCRIPTOR_NAMES
+                .iter()
+                .position(|n| n == first)
+                .unwrap_or(0);
+            found.push(Violation {
+                check: "kernel-descriptors",
+                detail: format!(
+                    "the {} changed since boot (the first at {:#x})",
+                    changed.join(", "),
+                    tables[i].as_ptr() as u64
+                ),
+                expected: Some(hex(&self.refs.descriptors[i].1)),
+                observed: Some(hex(&sha256(tables[i]))),
+            });
+        }
+        let wx_done = arch::now_us();
+        self.stats.last_audit = wx;
         for v in found {
             if !self.kernel_flagged.contains(&v.check) {
                 self.kernel_flagged.push(v.check);
@@ -421,6 +551,64 @@ impl Monitor {
             },
         }
     }
+}
+
+/// The page-table audit's findings as violations: W+X pages, executable pages outside the
+/// expected set (or expected ones gone), pages that do not map their own frame.
+fn audit_violations(wx: &arch::WxAudit) -> Vec<Violation> {
+    let mut out = Vec::new();
+    if wx.writable_executable_pages != 0 {
+        out.push(Violation::simple(
+            "kernel-wx",
+            format!(
+                "{} pages are writable and executable",
+                wx.writable_executable_pages
+            ),
+        ));
+    }
+    if wx.unexpected_executable_pages != 0 || wx.missing_executable_pages != 0 {
+        out.push(Violation::simple(
+            "kernel-exec",
+            format!(
+                "{} executable pages are not kernel text or component code (the first at {:#x}); \
+                 {} of the {} expected executable pages are not executable",
+                wx.unexpected_executable_pages,
+                wx.first_unexpected_executable.unwrap_or(0),
+                wx.missing_executable_pages,
+                wx.expected_executable_pages
+            ),
+        ));
+    }
+    if wx.unsealed_pages != 0 {
+        out.push(Violation::simple(
+            "kernel-sealed",
+            format!(
+                "{} of the {} pages holding the monitor's references and secret are no longer \
+                 read-only (the first at {:#x})",
+                wx.unsealed_pages,
+                wx.sealed_pages,
+                wx.first_unsealed.unwrap_or(0)
+            ),
+        ));
+    }
+    if wx.non_identity_pages != 0 {
+        out.push(Violation::simple(
+            "kernel-identity",
+            format!(
+                "{} pages do not map their own frame (the first at {:#x}): an alias or a remapping",
+                wx.non_identity_pages,
+                wx.first_non_identity.unwrap_or(0)
+            ),
+        ));
+    }
+    out
+}
+
+/// The delay until the next round: `interval_us` ± up to 25 %, uniformly from `random`, so
+/// that an observer of `last_check_ms` cannot time a tamper-and-restore between two rounds.
+fn jittered(interval_us: u64, random: u64) -> u64 {
+    let spread = interval_us / 2; // 50 % wide: 75 % ..= 125 %
+    interval_us - interval_us / 4 + random % (spread + 1)
 }
 
 /// Extends PCR 10 with the violation's record.

@@ -44,7 +44,7 @@ use drivers::serial;
 use drivers::virtio_net::{slots_from_cmdline, NetDevice};
 use net::server::HttpServer;
 use net::Stack;
-use routes::{BootFacts, Router};
+use routes::{BootFacts, Plane, RateLimit, Router};
 
 /// The longest the loop sleeps even with nothing scheduled (a safety net, not a tick).
 const MAX_SLEEP_US: u64 = 1_000_000;
@@ -173,7 +173,13 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
     for entry in pack.iter().flat_map(|p| &p.entries) {
         let started = arch::now_us();
         let heap_before = mem::heap_stats().allocated_bytes;
-        match deployer.deploy(entry.name, entry.data, &entry.meta, false) {
+        match deployer.deploy(
+            entry.name,
+            entry.data,
+            &entry.meta,
+            false,
+            deploy::Reset::default(),
+        ) {
             Ok(summary) => log::info!(
                 "component {summary}: verified, measured, loaded and instantiated in {} us, heap +{} KiB",
                 arch::now_us() - started,
@@ -191,6 +197,14 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
         config.max_connections,
     );
     server.replenish(&mut stack.sockets);
+    // The admin plane: its own listener and socket pool (routes.rs says what each serves).
+    let mut admin = HttpServer::new(
+        config.admin_port,
+        config.http,
+        config.admin_listeners,
+        config.admin_max_connections,
+    );
+    admin.replenish(&mut stack.sockets);
     let boot_us = arch::now_us();
     let identity = attestation::Identity::setup(&mut deployer.measurements);
     match &identity {
@@ -212,16 +226,20 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
         deployer,
         monitor,
         identity,
+        RateLimit::new(config.tpm_per_s, config.tpm_burst),
+        config.admin_port,
     );
     logger::console_line(format_args!(
-        "tuk: ready listen={}:{} guest_boot_us={boot_us}",
-        config.ip, config.port
+        "tuk: ready listen={}:{} admin={}:{} guest_boot_us={boot_us}",
+        config.ip, config.port, config.ip, config.admin_port
     ));
-    run(&mut stack, &mut server, &mut router)
+    run(&mut stack, &mut [server, admin], &mut router)
 }
 
-/// The event loop. Never returns: a `shutdown` console command exits the VM.
-fn run(stack: &mut Stack, server: &mut HttpServer, router: &mut Router) -> ! {
+/// The event loop. Never returns: a `shutdown` console command exits the VM. `servers` are the
+/// service listener's and the admin listener's, in that order ([`Plane`]).
+fn run(stack: &mut Stack, servers: &mut [HttpServer; 2], router: &mut Router) -> ! {
+    const PLANES: [Plane; 2] = [Plane::Service, Plane::Admin];
     let mut console = ConsoleInput::default();
     let mut shutdown_at: Option<u64> = None;
     loop {
@@ -231,7 +249,9 @@ fn run(stack: &mut Stack, server: &mut HttpServer, router: &mut Router) -> ! {
         }
         if shutdown_at.is_none() && console.poll() == Some(Command::Shutdown) {
             log::info!("shutdown requested on the console");
-            server.begin_shutdown(&mut stack.sockets);
+            for server in servers.iter_mut() {
+                server.begin_shutdown(&mut stack.sockets);
+            }
             shutdown_at = Some(arch::now_us());
         }
 
@@ -240,8 +260,20 @@ fn run(stack: &mut Stack, server: &mut HttpServer, router: &mut Router) -> ! {
         for _ in 0..8 {
             let now = arch::now_us();
             let changed = stack.poll(now);
-            let served = server.poll(&mut stack.sockets, router, now / 1000);
-            server.replenish(&mut stack.sockets);
+            let mut served = false;
+            for (server, plane) in servers.iter_mut().zip(PLANES) {
+                // A due integrity round runs before the next request, so requests postpone it
+                // by at most one request's run time (docs/measurement.md, "Round schedule").
+                let mut handler = |req: &tuk_http::Request, now_ms| {
+                    router.integrity_tick(arch::now_us());
+                    router.handle_on(plane, req, now_ms)
+                };
+                served |= server.poll(&mut stack.sockets, &mut handler, now / 1000);
+                server.replenish(&mut stack.sockets);
+            }
+            let active: usize = servers.iter().map(HttpServer::active).sum();
+            net::stats::CONNECTIONS_ACTIVE
+                .store(active as u64, core::sync::atomic::Ordering::Relaxed);
             if !changed && !served {
                 break;
             }
@@ -251,7 +283,8 @@ fn run(stack: &mut Stack, server: &mut HttpServer, router: &mut Router) -> ! {
 
         let now = arch::now_us();
         if let Some(started) = shutdown_at {
-            if server.is_drained(&stack.sockets) || now - started > SHUTDOWN_DRAIN_US {
+            let drained = servers.iter().all(|s| s.is_drained(&stack.sockets));
+            if drained || now - started > SHUTDOWN_DRAIN_US {
                 router.shutdown();
                 logger::console_line(format_args!("tuk: shutdown clean"));
                 arch::exit_qemu(ExitCode::Clean);
@@ -262,7 +295,7 @@ fn run(stack: &mut Stack, server: &mut HttpServer, router: &mut Router) -> ! {
         if let Some(d) = stack.poll_delay_us(now) {
             sleep = sleep.min(d);
         }
-        if let Some(deadline_ms) = server.next_deadline() {
+        for deadline_ms in servers.iter().filter_map(HttpServer::next_deadline) {
             sleep = sleep.min((deadline_ms * 1000).saturating_sub(now));
         }
         if let Some(due) = router.next_integrity_due_us() {

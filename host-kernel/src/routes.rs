@@ -1,15 +1,25 @@
-//! Request routing: `/_tuk/...` goes to the kernel's own endpoints; `/<name>/...` goes to the
-//! Wasm component `name`, which sees the path below its prefix (`/<name>` alone is `/`).
+//! Request routing, by the listener a connection came in on ([`Plane`]), never by anything the
+//! client says (Host header, path tricks):
+//! - the SERVICE listener (`port=`): `/<name>/...` goes to the Wasm component `name`, which sees
+//!   the path below its prefix (`/<name>` alone is `/`); of the kernel's endpoints only the
+//!   read-only `GET /_tuk/health`, `/_tuk/components` and `/_tuk/attestation/identity`; any
+//!   other `/_tuk/*` is a 403 naming the admin listener;
+//! - the ADMIN listener (`admin.port=`): every `/_tuk/*` endpoint (status, event log, quotes,
+//!   credential activation, publishing); component paths are 404 there.
+//!
+//! Quotes and credential activation (TPM work) share a token bucket ([`RateLimit`]): beyond it
+//! they answer 429 with `Retry-After`, so no client can keep the event loop in the TPM.
 //! Anything else is a 404 with a JSON reason.
 
+use alloc::format;
 use alloc::string::String;
 use core::fmt::Write;
 
-use tuk_http::{Handler, Request, Response};
+use tuk_http::{Request, Response};
 
 use crate::arch::{interrupt_count, random_source, tsc_khz, WxAudit};
 use crate::attestation::Identity;
-use crate::deploy::Deployer;
+use crate::deploy::{Deployer, Reset};
 use crate::integrity::Monitor;
 use crate::mem::heap_stats;
 use crate::net::stats::{self, get};
@@ -23,12 +33,69 @@ pub struct BootFacts {
     pub wx: WxAudit,
 }
 
+/// The listener a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plane {
+    /// `port=`: components and the read-only public endpoints.
+    Service,
+    /// `admin.port=`: every kernel endpoint.
+    Admin,
+}
+
+/// The kernel endpoints the service listener serves too (read-only, no TPM work).
+const SERVICE_ENDPOINTS: [&str; 3] = ["health", "components", "attestation/identity"];
+
+/// A token bucket: `per_s` tokens a second, at most `burst` saved up.
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimit {
+    pub per_s: u32,
+    pub burst: u32,
+    /// Tokens in thousandths, so slow rates refill smoothly.
+    milli_tokens: u64,
+    last_ms: u64,
+}
+
+impl RateLimit {
+    pub fn new(per_s: u32, burst: u32) -> Self {
+        let burst = burst.max(1);
+        RateLimit {
+            per_s,
+            burst,
+            milli_tokens: u64::from(burst) * 1000,
+            last_ms: 0,
+        }
+    }
+
+    /// Takes a token, or says in how many seconds (rounded up, at least 1) one will be there.
+    pub fn take(&mut self, now_ms: u64) -> Result<(), u64> {
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        self.last_ms = self.last_ms.max(now_ms);
+        let cap = u64::from(self.burst) * 1000;
+        self.milli_tokens = (self.milli_tokens + elapsed * u64::from(self.per_s)).min(cap);
+        if self.milli_tokens >= 1000 {
+            self.milli_tokens -= 1000;
+            return Ok(());
+        }
+        if self.per_s == 0 {
+            return Err(60);
+        }
+        let missing = 1000 - self.milli_tokens;
+        Err((missing.div_ceil(u64::from(self.per_s)).div_ceil(1000)).max(1))
+    }
+}
+
 pub struct Router {
     facts: BootFacts,
     deployer: Deployer,
     monitor: Monitor,
     /// The attestation identity, or why there is none.
     identity: Result<Identity, String>,
+    /// Quotes and credential activations (TPM work) together.
+    tpm_limit: RateLimit,
+    /// Requests refused by `tpm_limit` (health: `http.rate_limited`).
+    rate_limited: u64,
+    /// The admin listener's guest port (named in the service listener's 403s).
+    admin_port: u16,
 }
 
 /// Appends `s` as a JSON string literal.
@@ -53,12 +120,17 @@ impl Router {
         deployer: Deployer,
         monitor: Monitor,
         identity: Result<Identity, String>,
+        tpm_limit: RateLimit,
+        admin_port: u16,
     ) -> Self {
         Router {
             facts,
             deployer,
             monitor,
             identity,
+            tpm_limit,
+            rate_limited: 0,
+            admin_port,
         }
     }
 
@@ -87,6 +159,22 @@ impl Router {
             Ok(i) => i,
             Err(e) => return Response::error(503, e),
         };
+        if matches!(
+            (which, req.method.as_str()),
+            ("activate", "POST") | ("", "GET")
+        ) {
+            if let Err(retry_s) = self.tpm_limit.take(now_ms) {
+                self.rate_limited += 1;
+                return Response::error(
+                    429,
+                    &format!(
+                        "too many quotes/credential activations (at most {}/s, burst {}); retry in {retry_s} s",
+                        self.tpm_limit.per_s, self.tpm_limit.burst
+                    ),
+                )
+                .with_header("Retry-After", &format!("{retry_s}"));
+            }
+        }
         let result = match (which, req.method.as_str()) {
             ("identity", "GET") => Ok(identity.identity_json()),
             ("activate", "POST") => identity.activate(&mut self.deployer.measurements, &req.body),
@@ -179,6 +267,9 @@ impl Router {
                 "page_tables".into(),
                 json!({"root": crate::arch::page_table_root()}),
             );
+            if let serde_json::Value::Object(more) = m.kernel_status() {
+                map.extend(more);
+            }
         }
         let body = json!({
             "interval_ms": m.settings.interval_ms,
@@ -267,7 +358,7 @@ impl Router {
                 "\"paging\":{{\"mapped_pages\":{},\"executable_pages\":{},\"writable_executable_pages\":{}}},",
                 "\"http\":{{\"connections_accepted\":{},\"connections_active\":{},",
                 "\"connections_refused_full\":{},\"requests\":{},\"responses_2xx\":{},",
-                "\"responses_4xx\":{},\"responses_5xx\":{},\"protocol_errors\":{},\"timeouts\":{}}}}}"
+                "\"responses_4xx\":{},\"responses_5xx\":{},\"protocol_errors\":{},\"timeouts\":{},\"rate_limited\":{}}}}}"
             ),
             env!("CARGO_PKG_VERSION"),
             now_ms,
@@ -298,6 +389,7 @@ impl Router {
             get(&stats::RESPONSES_5XX),
             get(&stats::PROTOCOL_ERRORS),
             get(&stats::TIMEOUTS),
+            self.rate_limited,
         );
         Response::json(200, body)
     }
@@ -315,7 +407,11 @@ impl Router {
                 "invalid component name: use 1-63 characters from [a-z0-9-]",
             );
         }
-        match self.deployer.deploy(name, &req.body, &[], true) {
+        let reset = match Reset::from_query(req.query.as_deref()) {
+            Ok(r) => r,
+            Err(e) => return Response::error(400, &e),
+        };
+        match self.deployer.deploy(name, &req.body, &[], true, reset) {
             Ok(summary) => {
                 log::info!("published {summary}");
                 let mut body = String::from("{\"published\":");
@@ -367,10 +463,29 @@ impl Router {
     }
 }
 
-impl Handler for Router {
-    fn handle(&mut self, req: &Request, now_ms: u64) -> Response {
+impl Router {
+    /// Serves a request that came in on `plane`'s listener.
+    pub fn handle_on(&mut self, plane: Plane, req: &Request, now_ms: u64) -> Response {
         if let Some(endpoint) = req.path.strip_prefix("/_tuk/") {
+            if plane == Plane::Service && !SERVICE_ENDPOINTS.contains(&endpoint) {
+                return Response::error(
+                    403,
+                    &format!(
+                        "/_tuk/{endpoint} is served only on the admin listener (guest port {}; \
+                         the host address `tuk run --admin-listen` forwards, \"admin\" in its \
+                         ready line); this listener serves components and GET /_tuk/health, \
+                         /_tuk/components, /_tuk/attestation/identity",
+                        self.admin_port
+                    ),
+                );
+            }
             return self.admin(req, endpoint, now_ms);
+        }
+        if plane == Plane::Admin {
+            return Response::error(
+                404,
+                "the admin listener serves only /_tuk/*; components are on the service listener",
+            );
         }
         let rest = req.path.strip_prefix('/').unwrap_or(&req.path);
         let (name, path) = match rest.find('/') {

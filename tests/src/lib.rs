@@ -113,6 +113,18 @@ pub fn boot_full(
     panic!("[{name}] no free port after 3 tries: {}", last.unwrap());
 }
 
+/// The admin listener's URL (every `/_tuk/*` endpoint: status, event log, attestation,
+/// publishing); `vm.url()` is the service listener (components and the read-only
+/// `/_tuk/health`, `/_tuk/components`, `/_tuk/attestation/identity`).
+pub fn admin_url(vm: &Instance) -> String {
+    vm.admin_url()
+}
+
+/// The admin listener's address, for [`Conn::open`].
+pub fn admin_addr(vm: &Instance) -> SocketAddr {
+    vm.admin_addr()
+}
+
 pub fn boot(name: &str) -> Instance {
     boot_with(name, &[])
 }

@@ -48,13 +48,25 @@ pub fn build(names: &[&str]) -> BTreeMap<String, Built> {
 
 /// A signed bundle of `b` as `name` `version` (16 MiB, 2 s limits).
 pub fn sign(key: &SigningKey, name: &str, version: &str, b: &Built) -> Vec<u8> {
+    sign_with_limits(key, name, version, b, 16 << 20)
+}
+
+/// A signed bundle of `b` as `name` `version` with a signed memory limit of `memory_bytes`
+/// (2 s deadline).
+pub fn sign_with_limits(
+    key: &SigningKey,
+    name: &str,
+    version: &str,
+    b: &Built,
+    memory_bytes: u64,
+) -> Vec<u8> {
     let predicate = ComponentPredicate {
         name: name.into(),
         version: version.into(),
         engine: tuk_compose::compile::engine_fingerprint().unwrap(),
         world: WORLD.into(),
         limits: Limits {
-            memory_bytes: 16 << 20,
+            memory_bytes,
             deadline_ms: 2000,
         },
     };
@@ -63,16 +75,29 @@ pub fn sign(key: &SigningKey, name: &str, version: &str, b: &Built) -> Vec<u8> {
 
 /// Writes a boot pack of `bundles` (name, bytes) with `policy` into `dir`; returns its path.
 pub fn pack(dir: &Path, bundles: &[(&str, Vec<u8>)], policy: &TrustPolicy) -> PathBuf {
+    let none: Vec<PackEntry<'_>> = bundles
+        .iter()
+        .map(|(n, b)| (*n, b.clone(), Vec::new()))
+        .collect();
+    pack_with_meta(dir, &none, policy)
+}
+
+/// One bundle of a boot pack: its name, its bytes and its deployment metadata
+/// (`config.KEY`, ...).
+pub type PackEntry<'a> = (&'a str, Vec<u8>, Vec<(String, String)>);
+
+/// Like [`pack`], each bundle with its deployment metadata.
+pub fn pack_with_meta(dir: &Path, bundles: &[PackEntry<'_>], policy: &TrustPolicy) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let deployments: Vec<Deployment> = bundles
         .iter()
-        .map(|(name, bytes)| {
+        .map(|(name, bytes, meta)| {
             let path = dir.join(format!("{name}.bundle"));
             std::fs::write(&path, bytes).unwrap();
             Deployment {
                 name: (*name).into(),
                 source: path,
-                meta: vec![],
+                meta: meta.clone(),
             }
         })
         .collect();
@@ -114,9 +139,14 @@ pub fn signed_pack(dir: &Path, names: &[&str]) -> SignedPack {
     }
 }
 
-/// `PUT /_tuk/components/<name>` with `body`.
+/// `PUT /_tuk/components/<name>` with `body`, on the admin listener.
 pub fn put(vm: &Instance, name: &str, body: &[u8]) -> Response {
-    let mut c = Conn::open(vm.addr());
+    put_at(vm.admin_addr(), name, body)
+}
+
+/// `PUT /_tuk/components/<name>` with `body` to `addr` (either listener).
+pub fn put_at(addr: std::net::SocketAddr, name: &str, body: &[u8]) -> Response {
+    let mut c = Conn::open(addr);
     let mut req = format!(
         "PUT /_tuk/components/{name} HTTP/1.1\r\nHost: tuk\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -129,7 +159,13 @@ pub fn put(vm: &Instance, name: &str, body: &[u8]) -> Response {
         .unwrap_or_else(|e| panic!("PUT {name}: {e}"))
 }
 
-/// One GET on a fresh connection.
+/// One GET on a fresh connection: `/_tuk/*` on the admin listener (which serves all of them),
+/// anything else (components) on the service listener.
 pub fn get(vm: &Instance, path: &str) -> Response {
-    Conn::open(vm.addr()).get(path)
+    let addr = if path.starts_with("/_tuk/") {
+        vm.admin_addr()
+    } else {
+        vm.addr()
+    };
+    Conn::open(addr).get(path)
 }

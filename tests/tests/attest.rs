@@ -49,11 +49,13 @@ fn references(policy: &TrustPolicy) -> References {
         ca: Ca::load(&vtpm_ca_dir()).expect("the test CA exists once a VM booted"),
         kernel_sha256: Some(tuk_measure::sha256(&std::fs::read(kernel_image()).unwrap())),
         policy: Some(policy.clone()),
+        boot: Default::default(),
     }
 }
 
 fn attester(vm: &Instance) -> HttpAttester {
-    HttpAttester::new(&vm.url(), TIMEOUT)
+    // Attestation is on the admin listener.
+    HttpAttester::new(&vm.admin_url(), TIMEOUT)
 }
 
 /// Polls `/_tuk/status` until `done` holds (within [`DETECT`]).

@@ -28,8 +28,13 @@ const INTERVAL: Duration = Duration::from_millis(100);
 /// and the scheduling noise of a loaded 2-core CI machine running QEMU TCG.
 const SLACK: Duration = Duration::from_millis(1500);
 
+/// `GET` on the admin listener (status and event log are served only there).
+fn admin_get(vm: &Instance, path: &str) -> tuk_e2e::Response {
+    tuk_e2e::Conn::open(tuk_e2e::admin_addr(vm)).get(path)
+}
+
 fn status(vm: &Instance) -> Value {
-    get(vm, "/_tuk/status").json()
+    admin_get(vm, "/_tuk/status").json()
 }
 
 fn instance<'a>(status: &'a Value, name: &str) -> &'a Value {
@@ -61,7 +66,7 @@ fn wait_for(vm: &Instance, what: &str, done: impl Fn(&Value) -> bool) -> (Value,
 
 /// PCR 10 records in the event log.
 fn integrity_records(vm: &Instance) -> Vec<Value> {
-    let log = get(vm, "/_tuk/eventlog").json();
+    let log = admin_get(vm, "/_tuk/eventlog").json();
     log.as_array()
         .unwrap()
         .iter()
@@ -80,6 +85,16 @@ fn setup(
     SigningKey,
     std::collections::BTreeMap<String, tuk_e2e::signing::Built>,
 ) {
+    let (vm, signed) = setup_signed(tag, policy_name, names);
+    (vm, signed.key, signed.built)
+}
+
+/// [`setup`], returning the whole signed pack (its policy is the appraisal's reference).
+fn setup_signed(
+    tag: &str,
+    policy_name: &str,
+    names: &[&str],
+) -> (Instance, tuk_e2e::signing::SignedPack) {
     let dir = std::env::temp_dir()
         .join("tuk-e2e")
         .join(format!("integrity-{tag}-{}", std::process::id()));
@@ -94,7 +109,7 @@ fn setup(
         Some(&signed.pack),
         96,
     );
-    (vm, signed.key, signed.built)
+    (vm, signed)
 }
 
 /// Requests to `paths` in a loop on one keep-alive connection per request, counting failures.
@@ -282,7 +297,7 @@ fn tampering_is_detected_recorded_and_repaired() {
 
     // Each record's digest is the SHA-256 of its content's canonical JSON, and the log
     // replays to the TPM's PCR 10.
-    let records = tuk_measure::eventlog::parse_log(&get(&vm, "/_tuk/eventlog").body).unwrap();
+    let records = tuk_measure::eventlog::parse_log(&admin_get(&vm, "/_tuk/eventlog").body).unwrap();
     for r in records.iter().filter(|r| r.pcr == 10) {
         let canonical = serde_json::to_vec(&r.content).unwrap();
         assert_eq!(
@@ -320,6 +335,17 @@ fn quarantine_answers_503_until_a_newer_version_is_published() {
     assert_eq!(r.status, 201, "{}", r.body_text());
     assert_eq!(get(&vm, "/kv/kv").status, 200);
     assert_eq!(instance(&status(&vm), "kv")["state"], "trusted");
+    // The old code image was unmapped and the new one mapped: the executable-page set
+    // follows (no false positive from the runtime publish).
+    let rounds = status(&vm)["rounds"].as_u64().unwrap();
+    let (s, _) = wait_for(&vm, "three rounds after the publish", |s| {
+        s["rounds"].as_u64() >= Some(rounds + 3)
+    });
+    assert_eq!(s["kernel"]["violations"], 0, "{s}");
+    let paging = &s["kernel"]["paging"];
+    assert_eq!(paging["unexpected_executable_pages"], 0, "{paging}");
+    assert_eq!(paging["missing_executable_pages"], 0, "{paging}");
+    assert_eq!(integrity_records(&vm).len(), 1);
 }
 
 #[test]
@@ -364,21 +390,278 @@ fn a_writable_executable_page_is_found_by_the_page_table_audit() {
     );
     assert_eq!(entry(&done.new) & (1 << 63 | 1 << 1), 1 << 1, "now W+X");
     let (s, took) = wait_for(&vm, "the W+X page found", |s| {
-        s["kernel"]["violations"] == 1
+        s["kernel"]["violations"].as_u64() >= Some(1)
     });
     eprintln!("W+X page found {took:?} after the tamper");
     assert_eq!(s["kernel"]["state"], "untrusted");
-    let reason = s["kernel"]["reason"].as_str().unwrap_or_default();
+    // The page is both W+X and executable outside the expected set: two checks, one round.
+    let records = integrity_records(&vm);
+    let checks: Vec<&str> = records
+        .iter()
+        .map(|r| r["content"]["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(checks, ["kernel-wx", "kernel-exec"], "{records:?}");
+    assert!(records.iter().all(|r| r["content"]["subject"] == "kernel"));
+    let wx = &records[0]["content"]["detail"];
+    assert_eq!(wx, "1 pages are writable and executable", "{records:?}");
+    let exec = records[1]["content"]["detail"].as_str().unwrap();
     assert!(
-        reason.contains("1 pages are writable and executable"),
+        exec.starts_with(&format!(
+            "1 executable pages are not kernel text or component code (the first at {page:#x})"
+        )),
+        "{exec}"
+    );
+    // Later rounds do not record it again; hello served every request.
+    thread::sleep(INTERVAL * 3);
+    assert_eq!(integrity_records(&vm).len(), 2);
+    traffic.finish();
+}
+
+/// The appraisal's references for an instance booted by [`setup_signed`].
+fn references(policy: &tuk_measure::policy::TrustPolicy) -> tuk_attest::appraise::References {
+    tuk_attest::appraise::References {
+        ca: tuk_attest::appraise::Ca::load(&tuk_e2e::vtpm_ca_dir()).expect("the test CA"),
+        kernel_sha256: Some(tuk_measure::sha256(
+            &std::fs::read(tuk_e2e::kernel_image()).unwrap(),
+        )),
+        policy: Some(policy.clone()),
+        boot: Default::default(),
+    }
+}
+
+/// Attests `vm` as a verifier would (on its admin listener).
+fn attest(vm: &Instance, refs: &tuk_attest::appraise::References) -> tuk_attest::AttestationResult {
+    let mut attester =
+        tuk_attest::attester::HttpAttester::new(&tuk_e2e::admin_url(vm), Duration::from_secs(30));
+    tuk_attest::attester::attest(&mut attester, refs).unwrap()
+}
+
+/// Runs `rounds` clean rounds (with traffic) and asserts that none found anything: the honest
+/// path of the kernel checks has no false positives.
+fn clean_rounds(vm: &Instance, rounds: u64) {
+    let start = status(vm)["rounds"].as_u64().unwrap();
+    let deadline = Instant::now() + INTERVAL * (rounds as u32) * 2 + SLACK * 4;
+    loop {
+        let s = status(vm);
+        assert_eq!(s["kernel"]["violations"], 0, "false positive: {s}");
+        assert_eq!(
+            s["kernel"]["paging"]["unexpected_executable_pages"], 0,
+            "{s}"
+        );
+        assert_eq!(s["kernel"]["paging"]["non_identity_pages"], 0, "{s}");
+        if s["rounds"].as_u64().unwrap() >= start + rounds {
+            eprintln!(
+                "{rounds} clean rounds; last round {} us, parts {}",
+                s["last_round_us"], s["last_round_parts_us"]
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "rounds did not run: {s}");
+        thread::sleep(INTERVAL);
+    }
+    assert!(
+        integrity_records(vm).is_empty(),
+        "{:?}",
+        integrity_records(vm)
+    );
+}
+
+#[test]
+fn a_page_made_executable_without_write_is_found() {
+    // The review's attack (finding 9): code written into a writable heap page, which is then
+    // made read+execute, never W+X. The executable-page set is compared with the kernel's
+    // text plus the component code the kernel mapped: the page is found, PCR 10 records it,
+    // and attestation turns contraindicated.
+    let (vm, signed) = setup_signed("x", "reinstantiate", &["hello", "kv"]);
+    let refs = references(&signed.policy);
+    let traffic = Traffic::start(&vm, &["/hello/", "/kv/kv"]);
+    clean_rounds(&vm, 20);
+    let s = status(&vm);
+    let paging = &s["kernel"]["paging"];
+    assert_eq!(
+        paging["executable_pages"], paging["expected_executable_pages"],
+        "{paging}"
+    );
+    assert_eq!(paging["missing_executable_pages"], 0, "{paging}");
+    assert_eq!(attest(&vm, &refs).status(), tuk_attest::Status::Affirming);
+
+    let page = instance(&s, "kv")["memory"]["base"].as_u64().unwrap();
+    let done = tamper(&vm, "kernel:x", page);
+    let entry = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("an 8-byte entry"));
+    assert_eq!(
+        entry(&done.old) & (1 << 63 | 1 << 1),
+        1 << 63 | 1 << 1,
+        "was RW+NX"
+    );
+    assert_eq!(
+        entry(&done.new) & (1 << 63 | 1 << 1),
+        0,
+        "now R+X, not writable"
+    );
+    let (s, took) = wait_for(&vm, "the executable page found", |s| {
+        s["kernel"]["violations"] == 1
+    });
+    eprintln!("R+X page found {took:?} after the tamper");
+    assert_eq!(s["kernel"]["state"], "untrusted");
+    assert_eq!(
+        s["kernel"]["paging"]["unexpected_executable_pages"], 1,
         "{s}"
     );
+    assert_eq!(s["kernel"]["paging"]["writable_executable_pages"], 0, "{s}");
     let records = integrity_records(&vm);
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["content"]["subject"], "kernel");
-    assert_eq!(records[0]["content"]["check"], "kernel-wx");
+    assert_eq!(records[0]["content"]["check"], "kernel-exec");
+    assert_eq!(
+        get(&vm, "/_tuk/health").json()["integrity"]["kernel"],
+        "untrusted"
+    );
+    let result = attest(&vm, &refs);
+    assert_eq!(result.status(), tuk_attest::Status::Contraindicated);
+    let reasons = &result.submods["kernel"].reasons;
+    assert!(
+        reasons.iter().any(|r| r.contains("kernel-exec")),
+        "{reasons:?}"
+    );
+    traffic.finish();
+}
+
+#[test]
+fn an_aliased_page_is_found_by_the_identity_check() {
+    // A page-table entry of hello's linear memory pointed at the next page's frame: two
+    // virtual pages on one frame (how a read-only or executable frame gets a writable alias).
+    let (vm, _, _) = setup("alias", "reinstantiate", &["hello"]);
+    let traffic = Traffic::start(&vm, &["/hello/"]);
+    let s = status(&vm);
+    assert_eq!(s["kernel"]["violations"], 0, "{s}");
+    let page = instance(&s, "hello")["memory"]["base"].as_u64().unwrap();
+    let done = tamper(&vm, "kernel:alias", page);
+    let frame = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap()) & 0x000f_ffff_ffff_f000;
+    assert_eq!(frame(&done.old), page, "the identity map");
+    assert_eq!(frame(&done.new), page + 4096);
+    let (s, took) = wait_for(&vm, "the alias found", |s| s["kernel"]["violations"] == 1);
+    eprintln!("alias found {took:?} after the tamper");
+    let records = integrity_records(&vm);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["content"]["check"], "kernel-identity");
+    let detail = records[0]["content"]["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(&format!(
+            "1 pages do not map their own frame (the first at {page:#x})"
+        )),
+        "{detail}"
+    );
+    assert_eq!(s["kernel"]["state"], "untrusted");
     // Later rounds do not record it again; hello served every request.
     thread::sleep(INTERVAL * 3);
     assert_eq!(integrity_records(&vm).len(), 1);
     traffic.finish();
+}
+
+#[test]
+fn a_changed_interrupt_descriptor_table_is_found() {
+    // One byte of the IDT's #BP gate (vector 3: never raised by this kernel, so the change
+    // cannot crash it) flipped from the host: an attacker redirecting an exception handler.
+    let (vm, _, _) = setup("idt", "reinstantiate", &["hello"]);
+    let s = status(&vm);
+    let idt = &s["kernel"]["descriptor_tables"]["idt"];
+    assert_eq!(idt["len"], 4096, "{s}");
+    assert_eq!(idt["addr"], s["kernel"]["control"]["idtr"]["base"], "{s}");
+    tamper(&vm, "kernel:idt", 3 * 16);
+    let (s, took) = wait_for(&vm, "the IDT change found", |s| {
+        s["kernel"]["violations"] == 1
+    });
+    eprintln!("IDT change found {took:?} after the tamper");
+    let records = integrity_records(&vm);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let c = &records[0]["content"];
+    assert_eq!(c["check"], "kernel-descriptors");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("the IDT changed since boot"),
+        "{c}"
+    );
+    assert_eq!(c["expected_sha256"], idt["sha256"], "{c}");
+    assert_ne!(c["observed_sha256"], idt["sha256"], "{c}");
+    assert_eq!(s["kernel"]["state"], "untrusted");
+    assert_eq!(get(&vm, "/hello/").status, 200, "the kernel keeps serving");
+}
+
+#[test]
+fn a_sealed_reference_page_made_writable_is_found() {
+    // The monitor's reference values and fingerprint secret live in pages the kernel made
+    // read-only after boot (`kernel.sealed`). To change them from inside the guest, a writer
+    // first needs such a page writable: that change of its page-table entry is found.
+    let (vm, _, _) = setup("sealed", "reinstantiate", &["hello"]);
+    let (s, _) = wait_for(&vm, "a first round", |s| s["rounds"].as_u64() >= Some(1));
+    let sealed = s["kernel"]["sealed"].as_array().unwrap().clone();
+    assert!(sealed.len() >= 2, "the secret and the references: {s}");
+    assert_eq!(
+        s["kernel"]["paging"]["sealed_pages"],
+        sealed
+            .iter()
+            .map(|r| r["len"].as_u64().unwrap() / 4096)
+            .sum::<u64>(),
+        "{s}"
+    );
+    let page = sealed[0]["addr"].as_u64().unwrap();
+    let done = tamper(&vm, "kernel:w", page);
+    let entry = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap());
+    assert_eq!(entry(&done.old) & 0b10, 0, "the sealed page was read-only");
+    assert_eq!(entry(&done.new) & 0b10, 0b10);
+    let (s, took) = wait_for(&vm, "the unsealed page found", |s| {
+        s["kernel"]["violations"] == 1
+    });
+    eprintln!("unsealed page found {took:?} after the tamper");
+    let records = integrity_records(&vm);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["content"]["check"], "kernel-sealed");
+    let detail = records[0]["content"]["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("1 of the ") && detail.ends_with(&format!("(the first at {page:#x})")),
+        "{detail}"
+    );
+    assert_eq!(s["kernel"]["paging"]["unsealed_pages"], 1, "{s}");
+}
+
+#[test]
+fn rounds_are_jittered() {
+    // An observer of `last_check_ms` must not be able to time a tamper-and-restore between
+    // two rounds: the gaps between rounds vary over 75-125 % of the interval.
+    let (vm, _, _) = setup("jitter", "reinstantiate", &["hello"]);
+    let mut seen: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 31 {
+        let s = status(&vm);
+        let at = s["kernel"]["last_check_ms"].as_u64().unwrap_or(0);
+        if seen.last() != Some(&at) && at != 0 {
+            seen.push(at);
+        }
+        assert!(Instant::now() < deadline, "rounds did not run: {s}");
+        thread::sleep(Duration::from_millis(3));
+    }
+    // Only consecutive observations (no round missed between two polls) count.
+    let gaps: Vec<u64> = seen.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("gaps between rounds (ms): {gaps:?}");
+    let interval = INTERVAL.as_millis() as u64;
+    let single: Vec<u64> = gaps
+        .iter()
+        .copied()
+        .filter(|&g| g < interval * 3 / 2)
+        .collect();
+    assert!(
+        single.len() >= 15,
+        "too few consecutive rounds seen: {gaps:?}"
+    );
+    assert!(
+        single.iter().all(|&g| g >= interval * 3 / 4),
+        "a round came earlier than 75 % of the interval: {gaps:?}"
+    );
+    let (min, max) = (single.iter().min().unwrap(), single.iter().max().unwrap());
+    assert!(
+        max - min >= interval / 5,
+        "the gaps do not vary (min {min} ms, max {max} ms): {gaps:?}"
+    );
 }

@@ -55,6 +55,7 @@ fn out_of_guest_monitor_catches_kernel_tampering_once_each() {
     assert_eq!(info.pid, vm.pid());
     assert_eq!(info.launcher_pid, std::process::id());
     assert_eq!(info.url, vm.url());
+    assert_eq!(info.admin, vm.admin_url());
     let image = std::fs::read(kernel_image()).unwrap();
     assert_eq!(
         info.kernel_sha256,

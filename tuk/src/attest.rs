@@ -78,8 +78,8 @@ fn counts(s: &Submodule) -> String {
     )
 }
 
-/// The readable summary: the overall status, identity and quote facts, then one line per
-/// submodule with its status and what it runs, and every reason below it.
+/// The readable summary: the overall status, identity, quote and boot-configuration facts,
+/// then one line per submodule with its status and what it runs, and every reason below it.
 fn summary(url: &str, r: &AttestationResult, elapsed: Duration) -> String {
     let mut s = format!(
         "tuk attest {url}: {} ({} ms)\n",
@@ -122,6 +122,18 @@ fn summary(url: &str, r: &AttestationResult, elapsed: Duration) -> String {
             fact("eventlog_records").map_or_else(|| "?".into(), Value::to_string),
             tpm["reset_count"],
             tpm["restart_count"]
+        );
+    }
+    if let Some(boot) = fact("boot_config") {
+        let integrity = fact("integrity");
+        let machine = boot["machine"].as_str().unwrap_or("?");
+        s += &format!(
+            "  boot       PCR 5: {}, {} MiB, cpu {}; run-time measurement every {} ms, policy {}\n",
+            machine.split(',').next().unwrap_or(machine),
+            boot["memory_mib"],
+            boot["cpu"].as_str().unwrap_or("?"),
+            integrity.map_or_else(|| "?".into(), |i| i["interval_ms"].to_string()),
+            integrity.and_then(|i| i["policy"].as_str()).unwrap_or("?")
         );
     }
     let width = r.submods.keys().map(String::len).max().unwrap_or(6).max(6);

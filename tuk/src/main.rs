@@ -24,6 +24,7 @@ use tuk_launcher::{kernel, qemu, Accel, Instance, KernelSource, RunConfig};
 
 mod attest;
 mod component;
+mod gateway;
 mod registry;
 mod sign;
 mod tamper;
@@ -84,9 +85,10 @@ enum Command {
     /// The verifier service (docs/verifier.md).
     #[command(subcommand)]
     Verifier(verifier::VerifierCommand),
-    /// A reverse proxy that forwards to an instance only while the verifier's latest result
-    /// for it is affirming and at most two attestation intervals old; else 503 with why.
-    Gateway(verifier::GatewayArgs),
+    /// A reverse proxy that forwards to an instance only while the verifier's latest signed
+    /// result for it (pinned key) is affirming, unexpired and about this instance, URL and AK;
+    /// else 503 with why.
+    Gateway(gateway::GatewayArgs),
 }
 
 #[derive(Subcommand)]
@@ -108,9 +110,16 @@ struct RunArgs {
     /// Kernel image (default: $TUK_KERNEL, else the checkout's release build).
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
-    /// Host address forwarded to the kernel's HTTP port, e.g. 127.0.0.1:8080.
+    /// Host address forwarded to the kernel's service listener (components, and the read-only
+    /// GET /_tuk/health, /_tuk/components, /_tuk/attestation/identity), e.g. 127.0.0.1:8080.
     #[arg(long, value_name = "IP:PORT")]
     listen: SocketAddr,
+    /// Host address forwarded to the kernel's admin listener (every /_tuk/* endpoint: status,
+    /// event log, attestation, publishing). Default: 127.0.0.1 with a free port, kept across
+    /// --monitor-policy restart; the ready event's "admin" says which. Keep it off networks
+    /// the service listener is exposed to.
+    #[arg(long, value_name = "IP:PORT")]
+    admin_listen: Option<SocketAddr>,
     /// auto (KVM if it works here, else TCG), tcg or kvm.
     #[arg(long, default_value = "auto")]
     accel: Accel,
@@ -122,7 +131,9 @@ struct RunArgs {
     kernel_args: Vec<(String, String)>,
     /// The VM's state: console.log, qemu-stderr.log, the vTPM (tpm/, created on first use and
     /// kept: reuse the directory to keep the TPM's identity), eventlog.launcher.json
-    /// (default: $TMPDIR/tuk/<pid>-<port>). Every VM gets a vTPM (swtpm); the launcher
+    /// (default: $XDG_RUNTIME_DIR/tuk/<pid>-<port>, else ~/.local/state/tuk/<pid>-<port>;
+    /// created 0700, and refused if it is a link, another user's or open to others). Every VM
+    /// gets a vTPM (swtpm); the launcher
     /// measures the kernel (PCR 4) and boot configuration (PCR 5) into it before boot.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -233,6 +244,9 @@ fn resolve_reference(d: &mut tuk_compose::Deployment, state_dir: &std::path::Pat
     };
     let bundle = tuk_registry::pull(&reference.to_string())
         .with_context(|| format!("cannot pull {spec} for component {}", d.name))?;
+    // The state directory first, private (0700): create_dir_all would make it 0755, which the
+    // launcher then refuses.
+    tuk_launcher::instance::create_state_dir(state_dir)?;
     let dir = state_dir.join("pulled");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(format!("{}.bundle", d.name));
@@ -288,8 +302,8 @@ fn deployment(args: &RunArgs, state_dir: &std::path::Path) -> Result<Option<Path
         resolve_reference(d, state_dir)?;
     }
     let (pack, packed) = tuk_compose::boot_pack(&deployments, policy.as_deref())?;
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    // Private (0700, ours, not a link): the launcher refuses anything else.
+    tuk_launcher::instance::create_state_dir(state_dir)?;
     let path = state_dir.join("boot.pack");
     std::fs::write(&path, &pack).with_context(|| format!("cannot write {}", path.display()))?;
     for p in &packed {
@@ -324,7 +338,7 @@ fn main() -> ExitCode {
         Command::Tamper(args) => tamper::tamper(args),
         Command::Attest(args) => attest::attest(args),
         Command::Verifier(cmd) => verifier::verifier(cmd),
-        Command::Gateway(args) => verifier::gateway(args),
+        Command::Gateway(args) => gateway::gateway(args),
     };
     match outcome {
         Ok(code) => code,
@@ -350,6 +364,8 @@ enum Event<'a> {
     },
     Ready {
         url: String,
+        /// The admin listener (every `/_tuk/*` endpoint).
+        admin: String,
         accel: &'a str,
         boot_ms: u64,
         guest_boot_us: Option<u64>,
@@ -500,6 +516,13 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         None => kernel::default_image()?,
     };
     let mut cfg = RunConfig::new(kernel, args.listen);
+    // Chosen once, so a restarted VM keeps its admin address.
+    cfg.admin_listen = Some(match args.admin_listen {
+        Some(a) => a,
+        None => std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .context("cannot find a free loopback port for the admin listener; pass --admin-listen IP:PORT")?,
+    });
     cfg.accel = args.accel;
     cfg.memory_mib = args.memory;
     cfg.kernel_args = vec![
@@ -656,8 +679,9 @@ fn announce(vm: &Instance) -> Result<()> {
         measured.eventlog.display()
     );
     eprintln!(
-        "tuk: ready at {} (accel {}, boot {} ms, pid {}); console log {}",
+        "tuk: ready at {} (admin {}; accel {}, boot {} ms, pid {}); console log {}",
         vm.url(),
+        vm.admin_url(),
         vm.accel(),
         vm.boot_ms(),
         vm.pid(),
@@ -665,6 +689,7 @@ fn announce(vm: &Instance) -> Result<()> {
     );
     emit(&Event::Ready {
         url: vm.url(),
+        admin: vm.admin_url(),
         accel: vm.accel().as_str(),
         boot_ms: vm.boot_ms(),
         guest_boot_us: vm.guest_boot_us(),

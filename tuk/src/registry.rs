@@ -20,11 +20,18 @@ pub struct PublishArgs {
     /// Where to push it: [oci://]HOST[:PORT]/REPOSITORY:TAG, e.g. 127.0.0.1:5000/tuk/hello:1.0.0.
     #[arg(value_name = "REF", required_unless_present = "to")]
     reference: Option<String>,
-    /// Publish straight to a running host-kernel instead (or as well): its URL, e.g.
-    /// http://127.0.0.1:8080. The kernel verifies, measures and deploys the bundle, or refuses
-    /// it with a reason.
+    /// Publish straight to a running host-kernel instead (or as well): its ADMIN URL (the
+    /// ready event's "admin", `tuk run --admin-listen`), e.g. http://127.0.0.1:9080. The kernel
+    /// verifies, measures and deploys the bundle, or refuses it with a reason. The new version
+    /// keeps the running one's kv data and configuration unless --reset-kv/--reset-config.
     #[arg(long, value_name = "URL")]
     to: Option<String>,
+    /// With --to: start the new version with empty kv data instead of the running one's.
+    #[arg(long, requires = "to")]
+    reset_kv: bool,
+    /// With --to: start the new version without the running one's configuration (config.*).
+    #[arg(long, requires = "to")]
+    reset_config: bool,
     /// Use http even though the registry is not on loopback.
     #[arg(long)]
     insecure: bool,
@@ -88,7 +95,13 @@ pub fn publish(args: PublishArgs) -> Result<ExitCode> {
     let statement = Statement::from_envelope(sections.envelope)
         .with_context(|| format!("{}: bad envelope", args.bundle.display()))?;
     if let Some(url) = &args.to {
-        publish_to_instance(url, &statement.name, &bytes)?;
+        let reset = match (args.reset_kv, args.reset_config) {
+            (false, false) => None,
+            (true, false) => Some("kv"),
+            (false, true) => Some("config"),
+            (true, true) => Some("all"),
+        };
+        publish_to_instance(url, &statement.name, &bytes, reset)?;
     }
     let Some(reference) = &args.reference else {
         return Ok(ExitCode::SUCCESS);
@@ -133,9 +146,13 @@ pub fn publish(args: PublishArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `PUT <url>/_tuk/components/<name>` with the bundle: the kernel's runtime publishing.
-fn publish_to_instance(url: &str, name: &str, bundle: &[u8]) -> Result<()> {
-    let endpoint = format!("{}/_tuk/components/{name}", url.trim_end_matches('/'));
+/// `PUT <url>/_tuk/components/<name>[?reset=...]` with the bundle: the kernel's runtime
+/// publishing (on its admin listener).
+fn publish_to_instance(url: &str, name: &str, bundle: &[u8], reset: Option<&str>) -> Result<()> {
+    let mut endpoint = format!("{}/_tuk/components/{name}", url.trim_end_matches('/'));
+    if let Some(r) = reset {
+        endpoint.push_str(&format!("?reset={r}"));
+    }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(std::time::Duration::from_secs(60)))
@@ -148,6 +165,12 @@ fn publish_to_instance(url: &str, name: &str, bundle: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot reach {endpoint}: is the instance running (tuk run)?"))?;
     let status = response.status().as_u16();
     let body = response.body_mut().read_to_string().unwrap_or_default();
+    anyhow::ensure!(
+        status != 403 || !body.contains("admin listener"),
+        "{endpoint} is the instance's service listener, which does not publish: pass the admin \
+         URL to --to (the ready event's \"admin\", `tuk run --admin-listen`): {}",
+        body.trim()
+    );
     anyhow::ensure!(
         (200..300).contains(&status),
         "{endpoint} refused the bundle ({status}): {}",

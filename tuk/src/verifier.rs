@@ -1,5 +1,5 @@
-//! `tuk verifier serve` and `tuk gateway`: the long-running attestation services, thin over
-//! `tuk_verifier` and `tuk_gateway` (docs/verifier.md). Each prints one `ready` JSON line on
+//! `tuk verifier serve`: the long-running attestation service, thin over `tuk_verifier`
+//! (docs/verifier.md; `tuk gateway` is in gateway.rs). It prints one `ready` JSON line on
 //! stdout once it listens, then serves until SIGINT/SIGTERM.
 
 use std::io::Write;
@@ -21,7 +21,21 @@ use tuk_measure::sign::SigningKey;
 pub enum VerifierCommand {
     /// Run the verifier service: register instances, attest them every --interval, keep
     /// signed EAR results (SQLite, or PostgreSQL by URL), notify webhooks, export metrics.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Make an API token for a verifier's state directory and print it (JSON: id, scope,
+    /// token). Only its SHA-256 is stored (STATE_DIR/api-tokens.json): this is the only time
+    /// the token is shown. A running verifier accepts it at once.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    /// The verifier's state directory (as `tuk verifier serve --state-dir`).
+    #[arg(long, value_name = "DIR", default_value = "tuk-verifier")]
+    state_dir: PathBuf,
+    /// read: the GET routes; admin: every route (register, replace, delete, webhooks).
+    #[arg(long, value_name = "read|admin", default_value = "read")]
+    scope: String,
 }
 
 /// The reference values a verifier appraises against (shared by `tuk attest`).
@@ -55,6 +69,11 @@ pub struct ReferenceArgs {
     /// --policy, the policy and the components are at best a warning.
     #[arg(long, value_name = "POLICY.json")]
     pub policy: Option<PathBuf>,
+    /// The boot-configuration reference PCR 5 is appraised against, field by field (JSON;
+    /// docs/attestation.md, "The boot configuration reference"). Default: the built-in one
+    /// (integrity interval 10..=10000 ms, any integrity policy, the launcher's machine).
+    #[arg(long, value_name = "FILE")]
+    pub boot_reference: Option<PathBuf>,
 }
 
 impl ReferenceArgs {
@@ -85,6 +104,18 @@ impl ReferenceArgs {
             (None, false) => Some(crate::sign::policy_of_keys(&self.trust)?),
             (None, true) => None,
         };
+        let boot = match &self.boot_reference {
+            Some(path) => tuk_attest::BootReference::from_json(
+                &std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+            )
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is not a boot-configuration reference: {e} (docs/attestation.md)",
+                    path.display()
+                )
+            })?,
+            None => tuk_attest::BootReference::default(),
+        };
         let ca_dir = self.ca.clone().unwrap_or_else(tuk_vtpm::default_ca_dir);
         let ca = Ca::load(&ca_dir)
             .with_context(|| format!("cannot load the vTPM CA from {}", ca_dir.display()))?;
@@ -92,6 +123,7 @@ impl ReferenceArgs {
             ca,
             kernel_sha256,
             policy,
+            boot,
         })
     }
 }
@@ -101,10 +133,28 @@ pub struct ServeArgs {
     /// Address of the REST API and /metrics.
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Where the verifier keeps its files: verifier.db (unless --db) and ear.key (the key
-    /// that signs results, created on first start, unless --ear-key).
+    /// Where the verifier keeps its files: verifier.db (unless --db), ear.key (the key that
+    /// signs results, created on first start, unless --ear-key), api-tokens.json (the API
+    /// tokens' SHA-256) and admin.token (the first admin token, written on first start).
     #[arg(long, value_name = "DIR", default_value = "tuk-verifier")]
     state_dir: PathBuf,
+    /// Serve HTTPS with this certificate chain (PEM; needs --tls-key).
+    #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Let the read-only GET routes in without a token (every change still needs an admin
+    /// token).
+    #[arg(long)]
+    read_anonymous: bool,
+    /// Instances registered at most (registration answers 409 beyond).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    max_instances: usize,
+    /// Allow webhooks to loopback, private (RFC 1918, ULA), link-local and multicast
+    /// addresses (refused by default: the verifier would post to its own network).
+    #[arg(long)]
+    webhook_allow_private: bool,
     /// The database: a SQLite file (default: STATE_DIR/verifier.db) or a PostgreSQL URL
     /// (postgres://user@host:port/db).
     #[arg(long, value_name = "FILE|URL")]
@@ -155,14 +205,72 @@ fn ear_key(path: &Path) -> Result<SigningKey> {
     Ok(key)
 }
 
+/// Creates the state directory (mode 0700) if it is missing.
+fn state_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn token(args: TokenArgs) -> Result<ExitCode> {
+    let Some(scope) = tuk_verifier::auth::Scope::parse(&args.scope) else {
+        bail!("--scope must be read or admin, not {:?}", args.scope);
+    };
+    let path = args.state_dir.join(tuk_verifier::auth::TOKENS_FILE);
+    if !path.exists() {
+        bail!(
+            "{} does not exist: start `tuk verifier serve --state-dir {}` once first",
+            path.display(),
+            args.state_dir.display()
+        );
+    }
+    let (token, entry) =
+        tuk_verifier::auth::create_token(&path, scope).map_err(anyhow::Error::msg)?;
+    emit(&json!({
+        "event": "token",
+        "id": entry.id,
+        "scope": entry.scope.as_str(),
+        "token": token,
+        "tokens_file": path,
+    }))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn verifier(cmd: VerifierCommand) -> Result<ExitCode> {
-    let VerifierCommand::Serve(args) = cmd;
+    let args = match cmd {
+        VerifierCommand::Serve(args) => *args,
+        VerifierCommand::Token(args) => return token(args),
+    };
     let stop = stop_flag()?;
     if args.interval_ms < 100 {
         bail!("--interval must be at least 100 ms");
     }
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
+    if args.max_instances == 0 {
+        bail!("--max-instances must be at least 1");
+    }
+    state_dir(&args.state_dir)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(tuk_httpd::Tls::from_pem_files(cert, key).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
+    let tokens = tuk_verifier::auth::Tokens::init(&args.state_dir).map_err(anyhow::Error::msg)?;
+    if let Some(path) = &tokens.created_admin_token {
+        eprintln!(
+            "tuk verifier: made the first admin API token: {} (mode 0600; send it as \
+             `Authorization: Bearer TOKEN`; `tuk verifier token --state-dir {} --scope read` \
+             makes read-only ones)",
+            path.display(),
+            args.state_dir.display()
+        );
+    }
     let refs = args.refs.load()?;
     let db = args
         .db
@@ -182,19 +290,35 @@ pub fn verifier(cmd: VerifierCommand) -> Result<ExitCode> {
         refs,
         workers: args.workers.max(1),
         timeout: Duration::from_secs(args.timeout.max(1)),
-        retention: (args.retain_days > 0).then(|| Duration::from_secs(args.retain_days * 86_400)),
+        retention: (args.retain_days > 0)
+            .then(|| Duration::from_secs(args.retain_days.saturating_mul(86_400))),
+        max_instances: args.max_instances,
+        webhook_allow_private: args.webhook_allow_private,
     };
     let service = tuk_verifier::Verifier::start(cfg, store, signer)
         .context("cannot load the verifier's state")?;
-    let server = tuk_httpd::Server::bind(args.listen)
+    let mut server = tuk_httpd::Server::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if let Some(tls) = tls {
+        server = server.tls(tls);
+    }
+    let tokens_file = tokens.tokens.path().to_owned();
+    let access = tuk_verifier::api::Access {
+        tokens: tokens.tokens,
+        read_anonymous: args.read_anonymous,
+    };
     let running = server
-        .spawn(tuk_verifier::api::handler(Arc::clone(&service)))
+        .spawn(tuk_verifier::api::handler(Arc::clone(&service), access))
         .context("cannot start the HTTP server")?;
     emit(&json!({
         "event": "ready",
         "service": "verifier",
         "listen": running.addr().to_string(),
+        "url": format!("{scheme}://{}", running.addr()),
+        "tokens_file": tokens_file,
+        "admin_token_file": tokens.created_admin_token,
+        "read_anonymous": args.read_anonymous,
         "store": kind,
         "ear_key": keyid,
         "interval_ms": args.interval_ms,
@@ -205,70 +329,5 @@ pub fn verifier(cmd: VerifierCommand) -> Result<ExitCode> {
     }
     running.stop();
     emit(&json!({"event": "exit", "service": "verifier"}))?;
-    Ok(ExitCode::SUCCESS)
-}
-
-#[derive(Args)]
-pub struct GatewayArgs {
-    /// Address clients connect to.
-    #[arg(long, value_name = "IP:PORT")]
-    listen: SocketAddr,
-    /// The instance's base URL (`tuk run`'s ready event), e.g. http://127.0.0.1:8080.
-    #[arg(long, value_name = "URL")]
-    upstream: String,
-    /// The verifier's base URL, e.g. http://127.0.0.1:7070.
-    #[arg(long, value_name = "URL")]
-    verifier: String,
-    /// The instance's id at the verifier.
-    #[arg(long, value_name = "ID")]
-    instance: String,
-    /// The verifier's result-signing public key, as its JWK (`GET /v1/key` saved to a file).
-    /// Without it the key is fetched from the verifier at start (trust on first use).
-    #[arg(long, value_name = "JWK.json")]
-    verifier_key: Option<PathBuf>,
-    /// Seconds each forwarded request may take.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
-    timeout: u64,
-}
-
-pub fn gateway(args: GatewayArgs) -> Result<ExitCode> {
-    let stop = stop_flag()?;
-    let verifier_key = match &args.verifier_key {
-        Some(path) => {
-            let jwk: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
-            )
-            .with_context(|| format!("{} is not JSON", path.display()))?;
-            Some(
-                tuk_verifier::ear::key_of_jwk(&jwk)
-                    .with_context(|| format!("{} is not an Ed25519 JWK", path.display()))?,
-            )
-        }
-        None => None,
-    };
-    let gateway = tuk_gateway::Gateway::start(tuk_gateway::Config {
-        upstream: args.upstream.trim_end_matches('/').to_owned(),
-        verifier: args.verifier.clone(),
-        instance: args.instance.clone(),
-        verifier_key,
-        timeout: Duration::from_secs(args.timeout.max(1)),
-    })
-    .map_err(anyhow::Error::msg)
-    .context("cannot start the gateway")?;
-    let running = tuk_httpd::Server::bind(args.listen)
-        .with_context(|| format!("cannot listen on {}", args.listen))?
-        .spawn(gateway.handler())
-        .context("cannot start the HTTP server")?;
-    emit(&json!({
-        "event": "ready",
-        "service": "gateway",
-        "listen": running.addr().to_string(),
-        "upstream": args.upstream,
-        "instance": args.instance,
-    }))?;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    running.stop();
     Ok(ExitCode::SUCCESS)
 }

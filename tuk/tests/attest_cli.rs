@@ -1,7 +1,8 @@
 //! `tuk attest URL` as a user runs it against a real instance (QEMU TCG, swtpm, a signed
 //! component): the summary and exit status 0 when affirming, the EAR claims set with --json,
-//! 1 when something is only a warning (no reference kernel), 2 when the instance cannot be
-//! reached.
+//! 1 when something is only a warning (no reference kernel) or the boot configuration is
+//! outside a `--boot-reference`, 2 when the instance cannot be reached or the reference file
+//! is not one.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -38,7 +39,8 @@ fn tuk_attest_exit_codes_and_output() {
     let key_pub = dir.join("key.pub");
     std::fs::write(&key_pub, key.trusted_key().to_json()).unwrap();
     let vm = boot_full("attest-cli", &[], Some(&signed.pack), 96);
-    let url = vm.url();
+    // Attestation is on the admin listener (docs/contracts.md).
+    let url = vm.admin_url();
     let kernel = kernel_image();
     let os = |p: &Path| p.as_os_str().to_owned();
     let refs = [
@@ -61,6 +63,7 @@ fn tuk_attest_exit_codes_and_output() {
         "identity   EK certificate",
         "activated",
         "quote",
+        "boot       PCR 5: microvm, 96 MiB, cpu max; run-time measurement every 1000 ms, policy reinstantiate",
         "kernel",
         "component:hello",
     ] {
@@ -88,6 +91,30 @@ fn tuk_attest_exit_codes_and_output() {
         "{text}"
     );
 
+    // A boot reference that this boot's configuration is outside of (96 MiB of guest RAM):
+    // contraindicated, exit 1, the summary names the field, its value and the bound.
+    let boot_ref = dir.join("boot-reference.json");
+    std::fs::write(&boot_ref, r#"{"memory_mib": {"min": 128, "max": 4096}}"#).unwrap();
+    let mut with_ref = refs.clone();
+    with_ref.extend(["--boot-reference".as_ref(), boot_ref.as_os_str()]);
+    let out = tuk_attest(&url, &with_ref);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(": CONTRAINDICATED"), "{text}");
+    assert!(
+        text.contains("memory_mib = 96 is outside the reference's bounds 128..=4096 MiB"),
+        "{text}"
+    );
+    // A reference file with a misspelt key is a usage error (exit 2), not a silent default.
+    std::fs::write(&boot_ref, r#"{"interval": {"min": 10, "max": 100}}"#).unwrap();
+    let out = tuk_attest(&url, &with_ref);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("is not a boot-configuration reference") && err.contains("interval"),
+        "{err}"
+    );
+
     // Nothing listens there: exit 2, said on stderr.
     let nowhere = format!("http://{}", free_listen());
     let out = tuk_attest(&nowhere, &refs);
@@ -95,4 +122,37 @@ fn tuk_attest_exit_codes_and_output() {
     assert!(out.stdout.is_empty());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("cannot reach"), "{err}");
+}
+
+/// `tuk verifier serve` takes the same `--boot-reference`, and refuses a file that is not one
+/// before it serves anything (the verifier never falls back to the default silently).
+#[test]
+fn verifier_serve_refuses_a_bad_boot_reference() {
+    let dir = std::env::temp_dir()
+        .join("tuk-e2e")
+        .join(format!("verifier-boot-ref-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let boot_ref = dir.join("boot-reference.json");
+    std::fs::write(&boot_ref, r#"{"interval_ms": {"min": 100, "max": 10}}"#).unwrap();
+    let out = Command::new(TUK)
+        .args([
+            "verifier",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(dir.join("state"))
+        .arg("--ca")
+        .arg(vtpm_ca_dir())
+        .arg("--boot-reference")
+        .arg(&boot_ref)
+        .output()
+        .expect("run tuk verifier serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is not a boot-configuration reference: interval_ms: min 100 is above max 10"),
+        "{err}"
+    );
 }

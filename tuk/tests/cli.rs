@@ -107,6 +107,19 @@ fn run_serves_and_stops_cleanly_on_sigterm() {
     let r = c.get("/_tuk/health");
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["status"], "ok");
+    // The admin listener: on loopback with a port of its own by default; kernel endpoints
+    // beyond the public ones answer there, not on --listen.
+    let admin = ready["admin"]
+        .as_str()
+        .expect("the ready line names the admin listener");
+    let admin: std::net::SocketAddr = admin
+        .strip_prefix("http://")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("admin is http://IP:PORT: {ready}"));
+    assert!(admin.ip().is_loopback(), "{ready}");
+    assert_ne!(admin, listen);
+    assert_eq!(c.get("/_tuk/status").status, 403);
+    assert_eq!(Conn::open(admin).get("/_tuk/status").status, 200);
     drop(c);
 
     let t = Instant::now();
@@ -260,4 +273,64 @@ fn bad_arguments_are_usage_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("KEY=VALUE"));
+}
+
+/// `tuk publish --to`: the service URL is refused with a pointer to the admin URL (the
+/// service listener publishes nothing); on the admin URL a new version keeps the kv data,
+/// and `--reset-kv` drops it.
+#[test]
+fn publish_to_needs_the_admin_url_and_keeps_kv_unless_reset() {
+    use tuk_e2e::signing::{sign, signed_pack};
+    let dir = std::env::temp_dir()
+        .join("tuk-e2e")
+        .join(format!("publish-cli-{}", std::process::id()));
+    let sp = signed_pack(&dir, &["kv"]);
+    let vm = tuk_e2e::boot_full("publish-cli", &[], Some(&sp.pack), 96);
+    let put_kv = |value: &str| {
+        let mut c = Conn::open(vm.addr());
+        let req = format!(
+            "PUT /kv/kv/k HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{value}",
+            value.len()
+        );
+        c.send(req.as_bytes()).unwrap();
+        assert_eq!(c.read_response(tuk_e2e::IO_TIMEOUT).unwrap().status, 201);
+    };
+    let get_kv = || Conn::open(vm.addr()).get("/kv/kv/k");
+    put_kv("kept");
+    let publish = |version: &str, url: &str, extra: &[&str]| {
+        let bundle = dir.join(format!("kv-{version}.bundle"));
+        std::fs::write(&bundle, sign(&sp.key, "kv", version, &sp.built["kv"])).unwrap();
+        Command::new(TUK)
+            .arg("publish")
+            .arg(&bundle)
+            .args(["--to", url])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+
+    let out = publish("1.0.1", &vm.url(), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("admin URL"),
+        "the refusal says what to do: {err}"
+    );
+    assert_eq!(get_kv().body_text(), "kept");
+
+    let out = publish("1.0.1", &vm.admin_url(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get_kv().body_text(), "kept", "kv data survives the publish");
+
+    let out = publish("1.0.2", &vm.admin_url(), &["--reset-kv"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get_kv().status, 404, "--reset-kv starts with empty kv data");
 }

@@ -112,6 +112,10 @@ impl Run {
         assert_eq!(Path::new(path), self.state_dir.join("instance.json"));
         let info: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         assert_eq!(info["url"], ready["url"]);
+        assert_eq!(info["admin"], ready["admin"]);
+        assert!(ready["admin"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("http://127.0.0.1:")));
         assert_eq!(info["launcher_pid"], self.child.0.id());
         assert!(Path::new(info["memory_file"].as_str().unwrap()).is_file());
         (ready, info)
@@ -245,6 +249,8 @@ fn restart_policy_boots_a_fresh_vm() {
     assert_ne!(second["pid"], first["pid"]);
     assert!(!Path::new(first["memory_file"].as_str().unwrap()).exists());
     assert_eq!(second["state_dir"], first["state_dir"]);
+    // The restarted VM keeps the admin address (a verifier registered with it keeps working).
+    assert_eq!(second["admin"], first["admin"]);
 
     // The fresh VM serves, and its text is the image's again: no further violation.
     let url = ready["url"].as_str().unwrap();

@@ -12,6 +12,7 @@
 //! (`interop/ear-check`, built by this test outside the workspace).
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -32,8 +33,27 @@ const INTERVAL_MS: u64 = 1000;
 /// into the workspace's target directory, on first use) and returns what the crate read:
 /// `{"profile", "status", "submods": {NAME: STATUS}}`. Panics if the crate refuses it.
 fn ear_crate_reads(jwt: &str) -> Value {
+    let mut child = Command::new(ear_check())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tuk-ear-check");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), jwt.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the ear crate refused tuk's result: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("tuk-ear-check prints JSON")
+}
+
+/// `interop/ear-check`, built on first use. Built before the results it checks are made: they
+/// expire two intervals after they are made (`exp`), and the crate checks that.
+fn ear_check() -> &'static Path {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let exe = BUILT.get_or_init(|| {
+    BUILT.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let target = root.join("target/interop");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -52,21 +72,7 @@ fn ear_crate_reads(jwt: &str) -> Value {
             .expect("run cargo to build interop/ear-check");
         assert!(status.success(), "building interop/ear-check failed");
         target.join("release/tuk-ear-check")
-    });
-    let mut child = Command::new(exe)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tuk-ear-check");
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), jwt.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the ear crate refused tuk's result: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("tuk-ear-check prints JSON")
+    })
 }
 
 /// A `tuk` service process (verifier or gateway), stopped with SIGTERM on drop.
@@ -139,17 +145,24 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// (status, body) of a request; `body` JSON when given.
+/// (status, body) of a request without a token; `body` JSON when given.
 fn call(method: &str, url: &str, body: Option<&Value>) -> (u16, String) {
+    call_as(None, method, url, body)
+}
+
+/// (status, body) of a request with `token` as its bearer token.
+fn call_as(token: Option<&str>, method: &str, url: &str, body: Option<&Value>) -> (u16, String) {
     let a = agent();
+    let auth = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
     let r = match (method, body) {
-        ("GET", _) => a.get(url).call(),
-        ("DELETE", _) => a.delete(url).call(),
+        ("GET", _) => a.get(url).header("Authorization", &auth).call(),
+        ("DELETE", _) => a.delete(url).header("Authorization", &auth).call(),
         ("POST", Some(b)) => a
             .post(url)
+            .header("Authorization", &auth)
             .header("Content-Type", "application/json")
             .send(b.to_string().as_bytes()),
-        ("POST", None) => a.post(url).send_empty(),
+        ("POST", None) => a.post(url).header("Authorization", &auth).send_empty(),
         ("PUT", Some(b)) => a.put(url).send(b.to_string().as_bytes()),
         _ => unreachable!(),
     };
@@ -159,7 +172,17 @@ fn call(method: &str, url: &str, body: Option<&Value>) -> (u16, String) {
 }
 
 fn json_of(method: &str, url: &str, body: Option<&Value>, expect: u16) -> Value {
-    let (status, text) = call(method, url, body);
+    json_as(None, method, url, body, expect)
+}
+
+fn json_as(
+    token: Option<&str>,
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+    expect: u16,
+) -> Value {
+    let (status, text) = call_as(token, method, url, body);
     assert_eq!(status, expect, "{method} {url} → {status} {text}");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {url}: {e}: {text}"))
 }
@@ -334,6 +357,11 @@ fn verifier_args(
         INTERVAL_MS.to_string().into(),
         "--state-dir".into(),
         state.into(),
+        // The gateway reads the instance's results without a token; every change below is
+        // made with the admin token.
+        "--read-anonymous".into(),
+        // The test's webhook receiver listens on loopback.
+        "--webhook-allow-private".into(),
     ];
     if let Some(db) = db {
         a.push("--db".into());
@@ -341,6 +369,32 @@ fn verifier_args(
     }
     a.extend(refs.iter().cloned());
     a
+}
+
+/// The instance's ADMIN url, which attestation talks to (shared design D1: `admin` in
+/// `<state_dir>/instance.json`); its service url while the launcher does not write one.
+fn admin_url(vm: &tuk_e2e::Instance) -> String {
+    std::fs::read(vm.state_dir().join("instance.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v.get("admin").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| vm.url())
+}
+
+/// The first admin token a verifier wrote into its state directory.
+fn admin_token(state: &Path) -> String {
+    let path = state.join("admin.token");
+    let token = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "{} must be readable by its owner only",
+        path.display()
+    );
+    token
 }
 
 fn os(v: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
@@ -354,6 +408,7 @@ fn verifier_gateway_and_kernel_reference() {
         .join(format!("verifier-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    ear_check();
 
     // Keys: one signs the components, one the kernel reference.
     let key = SigningKey::generate().unwrap();
@@ -457,8 +512,11 @@ fn verifier_gateway_and_kernel_reference() {
     let v = Service::start(&os(&args));
     assert_eq!(v.ready["store"], "sqlite");
     let base = v.url();
+    let token = admin_token(&state);
+    let admin = Some(token.as_str());
     let (hooks, got) = webhook_receiver();
-    let hook = json_of(
+    let hook = json_as(
+        admin,
         "POST",
         &format!("{base}/v1/webhooks"),
         Some(&json!({"url": format!("http://{}/hook", hooks.addr())})),
@@ -467,15 +525,17 @@ fn verifier_gateway_and_kernel_reference() {
     assert!(hook["id"].is_string());
 
     // Bad registrations: not JSON, a bad id, nothing listening.
-    let (status, text) = call("POST", &format!("{base}/v1/instances"), None);
+    let (status, text) = call_as(admin, "POST", &format!("{base}/v1/instances"), None);
     assert_eq!(status, 400, "{text}");
-    let (status, text) = call(
+    let (status, text) = call_as(
+        admin,
         "POST",
         &format!("{base}/v1/instances"),
         Some(&json!({"url": vm.url(), "id": "Bad Id"})),
     );
     assert_eq!(status, 400, "{text}");
-    let (status, text) = call(
+    let (status, text) = call_as(
+        admin,
         "POST",
         &format!("{base}/v1/instances"),
         Some(&json!({"url": format!("http://{}", free_listen())})),
@@ -486,17 +546,19 @@ fn verifier_gateway_and_kernel_reference() {
     assert_eq!(status, 404);
 
     // Registration: credential activation, then affirming within an interval or two.
-    let reg = json_of(
+    let reg = json_as(
+        admin,
         "POST",
         &format!("{base}/v1/instances"),
-        Some(&json!({"url": vm.url(), "id": "a"})),
+        Some(&json!({"url": admin_url(&vm), "service_url": vm.url(), "id": "a"})),
         201,
     );
     assert_eq!(reg["status"], "pending");
-    let (status, text) = call(
+    let (status, text) = call_as(
+        admin,
         "POST",
         &format!("{base}/v1/instances"),
-        Some(&json!({"url": vm.url(), "id": "a"})),
+        Some(&json!({"url": admin_url(&vm), "service_url": vm.url(), "id": "a"})),
     );
     assert_eq!(status, 409, "{text}");
     let doc = wait_instance(&base, "a", Duration::from_secs(30), |d| {
@@ -527,9 +589,13 @@ fn verifier_gateway_and_kernel_reference() {
         assert_eq!(read["submods"][sub], "affirming", "{read}");
     }
 
-    // The gateway forwards while affirming.
+    // The gateway forwards while affirming (the verifier's key pinned).
+    let jwk_file = dir.join("verifier.jwk.json");
+    std::fs::write(&jwk_file, jwk.to_string()).unwrap();
     let gw_args: Vec<std::ffi::OsString> = vec![
         "gateway".into(),
+        "--verifier-key".into(),
+        jwk_file.clone().into(),
         "--listen".into(),
         "127.0.0.1:0".into(),
         "--upstream".into(),
@@ -615,10 +681,12 @@ fn verifier_gateway_and_kernel_reference() {
     let p = Service::start(&os(&pg_args));
     assert_eq!(p.ready["store"], "postgresql");
     let pbase = p.url();
-    json_of(
+    let pg_token = admin_token(&pg_state);
+    json_as(
+        Some(&pg_token),
         "POST",
         &format!("{pbase}/v1/instances"),
-        Some(&json!({"url": vm.url(), "id": "a-pg"})),
+        Some(&json!({"url": admin_url(&vm), "service_url": vm.url(), "id": "a-pg"})),
         201,
     );
     wait_instance(&pbase, "a-pg", Duration::from_secs(30), |d| {

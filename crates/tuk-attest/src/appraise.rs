@@ -23,6 +23,7 @@ use tuk_measure::policy::TrustPolicy;
 use tuk_measure::version::Version;
 use tuk_measure::{sha256, Digest};
 
+use crate::boot_reference::{appraise_boot_config, staleness, BootReference};
 use crate::cert::{verify_ek_certificate, CertError, EkCertificate};
 use crate::evidence::{Evidence, Identity};
 use crate::hex;
@@ -36,6 +37,9 @@ pub const QUOTED_PCRS: [u32; 5] = [4, 5, 8, 9, 10];
 pub const NONCE_LEN: usize = 16;
 /// The size of the credential activation secret (the RSA EK's name digest size).
 pub const SECRET_LEN: usize = 32;
+/// The PCR 9 record that cancels the preceding `tuk.component` record of the same name: its
+/// load or instantiation failed after it was measured (docs/measurement.md).
+pub const COMPONENT_FAILED: &str = "tuk.component-failed";
 /// What PCR 8 measures when the kernel runs without a trust policy.
 pub const NO_POLICY: &[u8] = b"tuk:no-policy";
 
@@ -88,6 +92,9 @@ pub struct References {
     pub kernel_sha256: Option<Digest>,
     /// The trust policy the instance must enforce (`--trust`/`--policy`).
     pub policy: Option<TrustPolicy>,
+    /// What PCR 5's boot configuration may say, and how fresh run-time measurement must be
+    /// (`--boot-reference`; [`BootReference::default`] without one).
+    pub boot: BootReference,
 }
 
 /// Why evidence was refused (see the module docs).
@@ -352,6 +359,7 @@ pub fn appraise(
             "safe": quote.clock.safe,
         }),
     );
+    appraise_tpm_restarts(&mut kernel, quote.clock.restart_count);
     kernel
         .facts
         .insert("eventlog_records".into(), Value::from(log.len()));
@@ -378,15 +386,42 @@ pub fn appraise(
             return Err(record_refusal(r, format!("unknown subject {subject:?}")));
         }
     }
-    let not_running: Vec<String> = log
-        .iter()
-        .filter(|r| r.pcr == 9)
-        .filter_map(|r| r.content.get("name").and_then(Value::as_str))
-        .filter(|n| !names.contains(n))
-        .map(str::to_owned)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    // Components PCR 9 says run (a tuk.component record no tuk.component-failed cancelled)
+    // that the run-time report does not list: what runs is not what was measured, or is not
+    // re-measured. Each gets a contraindicated submodule, not only a reason.
+    let mut not_running = Vec::new();
+    for name in measured_names(log)? {
+        if names.contains(name) {
+            continue;
+        }
+        let d = deployments(log, name)?;
+        let Some(latest) = d.live.last() else {
+            continue; // every deployment failed: measured and recorded as not deployed
+        };
+        let mut s = Submodule::default();
+        for key in [
+            "version",
+            "keyid",
+            "code_sha256",
+            "wasm_sha256",
+            "published",
+        ] {
+            if let Some(v) = latest.content.get(key) {
+                s.facts.insert(key.into(), v.clone());
+            }
+        }
+        s.claim(
+            Claim::Executables,
+            value::CONTRAINDICATED_RUNTIME,
+            Some(format!(
+                "PCR 9 measures it (record {}), but the run-time report does not list it: \
+                 the instance does not run, or does not re-measure, what it measured",
+                latest.recnum
+            )),
+        );
+        submods.insert(format!("component:{name}"), s);
+        not_running.push(name.to_owned());
+    }
     if !not_running.is_empty() {
         kernel.reasons.push(format!(
             "measured but not running (not in the report): {}",
@@ -407,7 +442,8 @@ fn check_records(log: &[Record]) -> Result<(), Refusal> {
         let Some(want) = content_type_of(r.pcr) else {
             return Err(record_refusal(r, "tuk extends only PCRs 4, 5, 8, 9 and 10"));
         };
-        if r.content_type != want {
+        let failed = r.pcr == 9 && r.content_type == COMPONENT_FAILED;
+        if r.content_type != want && !failed {
             return Err(record_refusal(
                 r,
                 format!("content type {:?}, expected {want:?}", r.content_type),
@@ -467,6 +503,72 @@ fn policy_keys(log: &[Record]) -> Option<Vec<String>> {
     )
 }
 
+/// One component's PCR 9 story (D3, docs/measurement.md): the `tuk.component` records that
+/// stand, in log order (the last one is what runs), and the ones a `tuk.component-failed`
+/// record cancelled, each with that record.
+struct Deployments<'a> {
+    live: Vec<&'a Record>,
+    cancelled: Vec<(&'a Record, &'a Record)>,
+}
+
+/// The names PCR 9 records name, in order of first appearance.
+fn measured_names(log: &[Record]) -> Result<Vec<&str>, Refusal> {
+    let mut names: Vec<&str> = Vec::new();
+    for r in log.iter().filter(|r| r.pcr == 9) {
+        let n = str_field(r, "name")?;
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    Ok(names)
+}
+
+/// Reads `name`'s PCR 9 records. A `tuk.component-failed` record cancels the `tuk.component`
+/// record of the same name right before it (among that name's records), and must name the code
+/// that record measured; anything else is a record the kernel never writes (a refusal).
+fn deployments<'a>(log: &'a [Record], name: &str) -> Result<Deployments<'a>, Refusal> {
+    let mut d = Deployments {
+        live: Vec::new(),
+        cancelled: Vec::new(),
+    };
+    // The last record of this name, if it is a tuk.component one that still stands.
+    let mut open: Option<&Record> = None;
+    for r in log
+        .iter()
+        .filter(|r| r.pcr == 9 && r.content.get("name").and_then(Value::as_str) == Some(name))
+    {
+        if r.content_type != COMPONENT_FAILED {
+            d.live.push(r);
+            open = Some(r);
+            continue;
+        }
+        let code = str_field(r, "code_sha256")?;
+        str_field(r, "error")?;
+        let Some(prev) = open.take() else {
+            return Err(record_refusal(
+                r,
+                format!(
+                    "it records a failed deployment of {name:?}, but the record of {name:?} \
+                     before it is not a tuk.component record"
+                ),
+            ));
+        };
+        if prev.content.get("code_sha256").and_then(Value::as_str) != Some(code) {
+            return Err(record_refusal(
+                r,
+                format!(
+                    "it records a failed deployment of code sha256:{code}, but record {} \
+                     measured other code",
+                    prev.recnum
+                ),
+            ));
+        }
+        d.live.pop();
+        d.cancelled.push((prev, r));
+    }
+    Ok(d)
+}
+
 fn record_of(r: &SubjectReport, name: Option<&str>) -> Value {
     let mut v = json!({
         "state": r.state,
@@ -513,8 +615,10 @@ fn violation_text(r: &Record) -> String {
     )
 }
 
-/// Run-time checks common to the kernel and components: the report's state, and its counts
-/// against the log.
+/// Run-time checks common to the kernel and components: the report's state, its counts
+/// against the log, and the freshness of its last round ([`staleness`]; `since_ms`: when the
+/// subject began to need rounds).
+#[allow(clippy::too_many_arguments)]
 fn runtime_checks(
     s: &mut Submodule,
     who: &str,
@@ -522,6 +626,8 @@ fn runtime_checks(
     violations: u64,
     reinstantiations: u64,
     report: &Report,
+    since_ms: u64,
+    boot: &BootReference,
 ) {
     if record.state != "trusted" {
         s.claim(
@@ -544,23 +650,44 @@ fn runtime_checks(
             )),
         );
     }
-    if report.interval_ms > 0 {
-        // Three missed rounds, and two seconds for a loaded machine (rounds run from the
-        // kernel's event loop, between requests).
-        let stale_after = report.interval_ms * 3 + 2000;
-        let since = report
-            .uptime_ms
-            .saturating_sub(record.last_check_ms.unwrap_or(0));
-        if since > stale_after {
-            s.claim(
-                Claim::Executables,
-                value::UNSAFE_RUNTIME,
-                Some(format!(
-                    "{who} was last checked {since} ms ago (interval {} ms)",
-                    report.interval_ms
-                )),
-            );
-        }
+    // Not affirming unless re-measured: off, no round although one was due, or the last round
+    // too old (docs/attestation.md, "Run-time measurement must be live").
+    let last = if record.checks == 0 {
+        None
+    } else {
+        record.last_check_ms
+    };
+    if let Some(why) = staleness(
+        who,
+        report.uptime_ms,
+        report.interval_ms,
+        last,
+        since_ms,
+        boot,
+    ) {
+        s.claim(Claim::Executables, value::UNSAFE_RUNTIME, Some(why));
+    }
+}
+
+/// The quote's restartCount (docs/measurement.md, "Who starts the TPM"). The launcher sends the
+/// only TPM2_Startup (CLEAR, a TPM Reset: restartCount 0) and hands QEMU the TPM already
+/// started, so no TPM2_Startup can follow: a legitimate boot quotes restartCount 0 (measured
+/// with swtpm 0.7.1: resetCount grows by one per launch, restartCount stays 0). A restartCount
+/// above 0 means a TPM2_Startup after a TPM2_Shutdown(STATE) since the launcher's reset: a
+/// guest that resumed, or restarted with TPM2_Startup(CLEAR), which zeroes PCR 4/5 for it to
+/// re-extend with any values (both give restartCount 1, so PCR 4 cannot be believed).
+fn appraise_tpm_restarts(kernel: &mut Submodule, restart_count: u32) {
+    if restart_count != 0 {
+        kernel.claim(
+            Claim::Executables,
+            value::CONTRAINDICATED_RUNTIME,
+            Some(format!(
+                "the quote's restartCount is {restart_count}, not 0: the TPM was started again \
+                 after the launcher's measured launch (a guest TPM2_Startup), so PCR 4/5 may \
+                 hold values the guest extended; relaunch the instance with a launcher that \
+                 starts the TPM itself"
+            )),
+        );
     }
 }
 
@@ -600,6 +727,43 @@ fn appraise_kernel(
     let boot = find(5);
     if let Some(cmdline) = boot.content.get("cmdline") {
         s.facts.insert("cmdline".into(), cmdline.clone());
+    }
+    s.facts.insert("boot_config".into(), boot.content.clone());
+    // PCR 5, field by field against the boot reference; then the report's settings (what the
+    // kernel applies) against what the measured command line configures.
+    let boot_findings = appraise_boot_config(&boot.content, &refs.boot);
+    for f in &boot_findings.findings {
+        s.claim(
+            Claim::Configuration,
+            value::UNSUPPORTABLE_CONFIG,
+            Some(format!("boot configuration (PCR 5): {f}")),
+        );
+    }
+    if let Some(ms) = boot_findings.interval_ms {
+        if ms != report.interval_ms {
+            s.claim(
+                Claim::Configuration,
+                value::UNSUPPORTABLE_CONFIG,
+                Some(format!(
+                    "the run-time report states interval_ms {}, but PCR 5's command line \
+                     configures {ms}",
+                    report.interval_ms
+                )),
+            );
+        }
+    }
+    if let Some(p) = &boot_findings.policy {
+        if *p != report.policy {
+            s.claim(
+                Claim::Configuration,
+                value::UNSUPPORTABLE_CONFIG,
+                Some(format!(
+                    "the run-time report states integrity policy {:?}, but PCR 5's command \
+                     line configures {p:?}",
+                    report.policy
+                )),
+            );
+        }
     }
 
     let policy = find(8);
@@ -698,7 +862,16 @@ fn appraise_kernel(
             }
         }
     }
-    runtime_checks(&mut s, "the kernel", &report.kernel, violations, 0, report);
+    runtime_checks(
+        &mut s,
+        "the kernel",
+        &report.kernel,
+        violations,
+        0,
+        report,
+        0,
+        &refs.boot,
+    );
     s.attester = Some(record_of(&report.kernel, None));
     Ok(s)
 }
@@ -713,15 +886,39 @@ fn appraise_component(
     let name = instance.name.as_str();
     let subject = format!("component:{name}");
     let mut s = Submodule::default();
-    let measured: Vec<&Record> = log
-        .iter()
-        .filter(|r| r.pcr == 9 && r.content.get("name").and_then(Value::as_str) == Some(name))
-        .collect();
+    // What runs is the last tuk.component record no tuk.component-failed record cancelled;
+    // a cancelled deployment never ran: it is neither what runs nor a repair (D3).
+    let Deployments {
+        live: measured,
+        cancelled,
+    } = deployments(log, name)?;
+    if !cancelled.is_empty() {
+        let failed: Vec<Value> = cancelled
+            .iter()
+            .map(|(m, f)| {
+                json!({
+                    "record": m.recnum,
+                    "failed_record": f.recnum,
+                    "version": m.content.get("version"),
+                    "code_sha256": m.content.get("code_sha256"),
+                    "error": f.content.get("error"),
+                })
+            })
+            .collect();
+        s.facts
+            .insert("failed_deployments".into(), Value::from(failed));
+    }
     let Some(latest) = measured.last() else {
         s.claim(
             Claim::Executables,
             value::CONTRAINDICATED_RUNTIME,
-            Some("it runs, but no PCR 9 record measures it".into()),
+            Some(if cancelled.is_empty() {
+                "it runs, but no PCR 9 record measures it".into()
+            } else {
+                "it runs, but every PCR 9 record of it is cancelled by a tuk.component-failed \
+                 record (measured deployments that did not load)"
+                    .into()
+            }),
         );
         s.attester = Some(record_of(&instance.record, Some(name)));
         return Ok(s);
@@ -869,6 +1066,13 @@ fn appraise_component(
             }
         }
     }
+    // A component published at runtime may not have been checked yet: it had to exist before
+    // the kernel's last round to be part of it.
+    let since_ms = if latest.content.get("published").and_then(Value::as_str) == Some("runtime") {
+        report.kernel.last_check_ms.unwrap_or(0)
+    } else {
+        0
+    };
     runtime_checks(
         &mut s,
         &subject,
@@ -876,6 +1080,8 @@ fn appraise_component(
         violations,
         reinstantiations,
         report,
+        since_ms,
+        &refs.boot,
     );
     s.attester = Some(record_of(&instance.record, Some(name)));
     Ok(s)
@@ -911,7 +1117,7 @@ mod tests {
         a.extend(extra);
         a.extend(1234u64.to_be_bytes());
         a.extend(7u32.to_be_bytes());
-        a.extend(2u32.to_be_bytes());
+        a.extend(0u32.to_be_bytes()); // restartCount: a launch where the host sent the Startup
         a.push(1);
         a.extend(0x2019_1023u64.to_be_bytes());
         a.extend(1u32.to_be_bytes());
@@ -928,6 +1134,23 @@ mod tests {
     }
 
     const IMAGE: &[u8] = b"the kernel image";
+
+    #[test]
+    fn a_tpm_started_again_after_the_launch_is_contraindicated() {
+        // restartCount 1: what a guest TPM2_Startup after the launcher's Shutdown(STATE) gives
+        // (resume or CLEAR alike, swtpm 0.7.1), the latter with PCR 4/5 zeroed for re-extending.
+        let mut s = Submodule::default();
+        appraise_tpm_restarts(&mut s, 1);
+        assert_eq!(s.status(), Status::Contraindicated, "{:?}", s.reasons);
+        assert!(
+            s.reasons[0].contains("restartCount is 1"),
+            "{:?}",
+            s.reasons
+        );
+        let mut honest = Submodule::default();
+        appraise_tpm_restarts(&mut honest, 0);
+        assert!(honest.reasons.is_empty() && honest.vector.is_empty());
+    }
 
     fn policy() -> TrustPolicy {
         let key = ed25519_key();
@@ -952,13 +1175,19 @@ mod tests {
             },
             kernel_sha256: kernel.then(|| sha256(IMAGE)),
             policy: policy_ref.then(policy),
+            boot: BootReference::default(),
         }
     }
 
     /// A log as a tuk boot writes it: kernel, boot config, policy, `hello` signed.
     fn boot_log() -> Vec<Record> {
+        boot_log_with("integrity.interval_ms=1000")
+    }
+
+    /// [`boot_log`] with another kernel command line.
+    fn boot_log_with(cmdline: &str) -> Vec<Record> {
         let p = policy();
-        let boot = json!({"cmdline": "integrity.interval_ms=1000", "memory_mib": 64});
+        let boot = boot_config(cmdline);
         let policy_content = json!({
             "mode": "signed",
             "keys": [p.keys[0].keyid],
@@ -989,6 +1218,18 @@ mod tests {
             component("hello", "1.0.0", "c0de"),
         );
         log
+    }
+
+    /// The launcher's boot configuration document with `cmdline`.
+    fn boot_config(cmdline: &str) -> Value {
+        json!({
+            "boot_pack_sha256": "ab".repeat(32),
+            "cmdline": cmdline,
+            "cpu": "max",
+            "machine": crate::boot_reference::DEFAULT_MACHINE,
+            "memory_backend": "memory-backend-file,id=ram,size=64M,share=on",
+            "memory_mib": 64,
+        })
     }
 
     fn component(name: &str, version: &str, code: &str) -> Value {
@@ -1399,20 +1640,335 @@ mod tests {
         assert_eq!(a.submods["component:hello"].status(), Status::Affirming);
     }
 
-    #[test]
-    fn stale_checks_and_disabled_measurement_are_warnings() {
+    /// Appraises `log` with `report` against the full references.
+    fn appraised(log: Vec<Record>, report: Value) -> Appraisal {
         let (ak, key) = software_ak();
+        let e = evidence(&key, NONCE, log, report);
+        appraise(&ak, &e, NONCE, &refs(true, true)).unwrap()
+    }
+
+    fn has_reason(s: &Submodule, words: &[&str]) -> bool {
+        s.reasons
+            .iter()
+            .any(|r| words.iter().all(|w| r.contains(w)))
+    }
+
+    /// A report of `uptime_ms` and `interval_ms` in which no round has run.
+    fn roundless(uptime_ms: u64, interval_ms: u64) -> Value {
+        let never = json!({"state": "trusted", "checks": 0, "violations": 0,
+                           "reinstantiations": 0, "last_check_ms": null});
+        let mut r = report(never.clone(), never);
+        r["uptime_ms"] = json!(uptime_ms);
+        r["interval_ms"] = json!(interval_ms);
+        r
+    }
+
+    #[test]
+    fn stale_or_missing_rounds_are_not_affirming() {
+        // The last round three intervals and the slack ago.
         let mut r = healthy_report();
         r["uptime_ms"] = json!(60_000);
-        let e = evidence(&key, NONCE, boot_log(), r);
-        let a = appraise(&ak, &e, NONCE, &refs(true, true)).unwrap();
+        let a = appraised(boot_log(), r);
         assert_eq!(a.submods["kernel"].status(), Status::Warning);
-        assert!(a.submods["kernel"].reasons[0].contains("last checked"));
+        assert!(has_reason(&a.submods["kernel"], &["last checked"]));
+        // No round at all, although one was due (interval + slack).
+        let a = appraised(boot_log(), roundless(2_500, 1000));
+        assert_eq!(overall(&a), Status::Affirming, "{:?}", a.submods);
+        let a = appraised(boot_log(), roundless(3_500, 1000));
+        for s in a.submods.values() {
+            assert_eq!(s.status(), Status::Warning, "{:?}", s.reasons);
+            assert!(has_reason(s, &["no completed run-time measurement round"]));
+        }
+        // A round "after" the uptime: a report that cannot be true.
+        let mut r = healthy_report();
+        r["instances"][0]["last_check_ms"] = json!(9_000);
+        let a = appraised(boot_log(), r);
+        assert_eq!(a.submods["component:hello"].status(), Status::Warning);
+    }
+
+    #[test]
+    fn measurement_configured_off_or_too_rare_is_contraindicated() {
+        // integrity.interval_ms=0: off.
+        let a = appraised(
+            boot_log_with("integrity.interval_ms=0"),
+            roundless(60_000, 0),
+        );
+        let k = &a.submods["kernel"];
+        assert_eq!(k.status(), Status::Contraindicated);
+        assert_eq!(k.vector[&Claim::Configuration], value::UNSUPPORTABLE_CONFIG);
+        assert!(has_reason(
+            k,
+            &["PCR 5", "integrity.interval_ms = 0", "10..=10000"]
+        ));
+        // The review's attack: an interval no round ever reaches.
+        let a = appraised(
+            boot_log_with("integrity.interval_ms=1000000000000"),
+            roundless(60_000, 1_000_000_000_000),
+        );
+        let k = &a.submods["kernel"];
+        assert_eq!(k.status(), Status::Contraindicated);
+        assert!(has_reason(
+            k,
+            &["integrity.interval_ms = 1000000000000", "10..=10000"]
+        ));
+        // ... and the missing round is found with the interval capped at the reference's max.
+        assert!(has_reason(k, &["no completed run-time measurement round"]));
+        assert_eq!(
+            a.submods["component:hello"].status(),
+            Status::Warning,
+            "{:?}",
+            a.submods["component:hello"].reasons
+        );
+        // A report that states another interval or policy than PCR 5 configures.
         let mut r = healthy_report();
         r["interval_ms"] = json!(0);
-        let e = evidence(&key, NONCE, boot_log(), r);
-        let a = appraise(&ak, &e, NONCE, &refs(true, true)).unwrap();
+        let a = appraised(boot_log(), r);
+        assert!(has_reason(
+            &a.submods["kernel"],
+            &["states interval_ms 0", "configures 1000"]
+        ));
+        assert_eq!(a.submods["kernel"].status(), Status::Contraindicated);
+        let mut r = healthy_report();
+        r["policy"] = json!("quarantine");
+        let a = appraised(boot_log(), r);
+        assert!(has_reason(
+            &a.submods["kernel"],
+            &["\"quarantine\"", "\"reinstantiate\""]
+        ));
+        // An unknown command-line key: named, contraindicated.
+        let a = appraised(
+            boot_log_with("integrity.interval_ms=1000 integrity.skip=kernel"),
+            healthy_report(),
+        );
+        assert_eq!(a.submods["kernel"].status(), Status::Contraindicated);
+        assert!(has_reason(
+            &a.submods["kernel"],
+            &["integrity.skip", "\"kernel\""]
+        ));
+        // Off, with a reference that allows it: still not affirming.
+        let (ak, key) = software_ak();
+        let mut lax = refs(true, true);
+        lax.boot.interval_ms.min = 0;
+        let e = evidence(
+            &key,
+            NONCE,
+            boot_log_with("integrity.interval_ms=0"),
+            roundless(60_000, 0),
+        );
+        let a = appraise(&ak, &e, NONCE, &lax).unwrap();
         assert_eq!(a.submods["kernel"].status(), Status::Warning);
+        assert!(has_reason(
+            &a.submods["kernel"],
+            &["run-time measurement is off"]
+        ));
+    }
+
+    #[test]
+    fn u64_max_from_the_instance_does_not_panic_and_is_not_affirming() {
+        let m = u64::MAX;
+        let cmdline = format!("integrity.interval_ms={m}");
+        for last in [None, Some(0), Some(m)] {
+            let mut r = roundless(m, m);
+            for path in ["/kernel", "/instances/0"] {
+                let s = r.pointer_mut(path).unwrap();
+                s["checks"] = json!(m);
+                s["last_check_ms"] = json!(last);
+            }
+            let a = appraised(boot_log_with(&cmdline), r);
+            let k = &a.submods["kernel"];
+            assert_eq!(k.status(), Status::Contraindicated, "{last:?}");
+            assert!(has_reason(k, &[&m.to_string(), "10..=10000"]));
+        }
+        // Huge counters and uptime with an honest configuration.
+        let mut r = healthy_report();
+        r["uptime_ms"] = json!(m);
+        r["kernel"]["checks"] = json!(m);
+        let a = appraised(boot_log(), r);
+        assert_ne!(overall(&a), Status::Affirming);
+    }
+
+    /// A tuk.component-failed record for `name` and `code`, as the kernel writes it (D3).
+    fn failed(log: &mut Vec<Record>, name: &str, code: &str) {
+        push(
+            log,
+            9,
+            COMPONENT_FAILED,
+            json!({"name": name, "code_sha256": code, "error": "instantiation failed"}),
+        );
+    }
+
+    #[test]
+    fn a_failed_deployment_is_not_what_runs_nor_a_repair() {
+        // hello 1.0.0 runs; 1.0.1 is measured, fails to load, and is recorded as failed.
+        let mut log = boot_log();
+        let mut v101 = component("hello", "1.0.1", "c0de2");
+        v101["published"] = json!("runtime");
+        push(&mut log, 9, "tuk.component", v101);
+        failed(&mut log, "hello", "c0de2");
+        let a = appraised(log.clone(), healthy_report());
+        let hello = &a.submods["component:hello"];
+        assert_eq!(hello.status(), Status::Affirming, "{:?}", hello.reasons);
+        assert_eq!(hello.facts["version"], "1.0.0");
+        assert_eq!(hello.facts["code_sha256"], "c0de");
+        assert_eq!(hello.facts["deployments"], 1);
+        assert_eq!(hello.facts["failed_deployments"][0]["version"], "1.0.1");
+
+        // A violation, then a publish that fails: not a repair.
+        let mut log = boot_log();
+        push(
+            &mut log,
+            10,
+            "tuk.integrity",
+            violation("component:hello", "code"),
+        );
+        push(
+            &mut log,
+            9,
+            "tuk.component",
+            component("hello", "1.0.1", "c0de2"),
+        );
+        let repaired = log.clone();
+        failed(&mut log, "hello", "c0de2");
+        let r = report(subject("trusted", 0, 0), subject("untrusted", 1, 0));
+        let a = appraised(log, r.clone());
+        let hello = &a.submods["component:hello"];
+        assert_eq!(hello.status(), Status::Contraindicated);
+        assert!(has_reason(hello, &["not repaired"]));
+        assert_eq!(hello.facts["version"], "1.0.0");
+        // The same publish that loaded is a repair (a warning).
+        let a = appraised(repaired, r);
+        assert_eq!(a.submods["component:hello"].facts["version"], "1.0.1");
+        assert!(has_reason(
+            &a.submods["component:hello"],
+            &["rebuilt from the verified code"]
+        ));
+
+        // Re-instantiation after a failed publish must rebuild the code that runs (1.0.0).
+        let mut log = boot_log();
+        push(
+            &mut log,
+            9,
+            "tuk.component",
+            component("hello", "1.0.1", "c0de2"),
+        );
+        failed(&mut log, "hello", "c0de2");
+        push(
+            &mut log,
+            10,
+            "tuk.integrity",
+            violation("component:hello", "code"),
+        );
+        for (code, ok) in [("c0de", true), ("c0de2", false)] {
+            let mut l = log.clone();
+            push(
+                &mut l,
+                10,
+                "tuk.integrity",
+                json!({"kind": "reinstantiated", "subject": "component:hello",
+                       "code_sha256": code, "uptime_ms": 3001}),
+            );
+            let a = appraised(
+                l,
+                report(subject("trusted", 0, 0), subject("trusted", 1, 1)),
+            );
+            let status = a.submods["component:hello"].status();
+            assert_eq!(status == Status::Warning, ok, "{code}: {status}");
+        }
+    }
+
+    #[test]
+    fn a_component_whose_only_deployment_failed_does_not_run() {
+        let mut log = boot_log();
+        push(
+            &mut log,
+            9,
+            "tuk.component",
+            component("kv", "1.0.0", "beef"),
+        );
+        failed(&mut log, "kv", "beef");
+        let a = appraised(log.clone(), healthy_report());
+        assert!(!a.submods.contains_key("component:kv"));
+        assert_eq!(overall(&a), Status::Affirming);
+        // The report lists it anyway: it runs, but nothing measured stands for it.
+        let mut r = healthy_report();
+        let mut kv = subject("trusted", 0, 0);
+        kv["name"] = json!("kv");
+        r["instances"].as_array_mut().unwrap().push(kv);
+        let a = appraised(log, r);
+        let kv = &a.submods["component:kv"];
+        assert_eq!(kv.status(), Status::Contraindicated);
+        assert!(has_reason(kv, &["cancelled"]));
+    }
+
+    #[test]
+    fn measured_but_not_running_is_contraindicated() {
+        let mut log = boot_log();
+        push(
+            &mut log,
+            9,
+            "tuk.component",
+            component("kv", "2.0.0", "beef"),
+        );
+        let a = appraised(log, healthy_report());
+        let kv = &a.submods["component:kv"];
+        assert_eq!(kv.status(), Status::Contraindicated);
+        assert_eq!(kv.facts["version"], "2.0.0");
+        assert!(has_reason(kv, &["does not list it"]));
+        assert_eq!(
+            a.submods["kernel"].facts["measured_not_running"],
+            json!(["kv"])
+        );
+    }
+
+    #[test]
+    fn failed_records_the_kernel_never_writes_are_refused() {
+        let (ak, key) = software_ak();
+        let refuse = |log: Vec<Record>| {
+            let e = evidence(&key, NONCE, log, healthy_report());
+            appraise(&ak, &e, NONCE, &refs(true, true)).unwrap_err()
+        };
+        // No deployment before it.
+        let mut log = boot_log();
+        failed(&mut log, "kv", "beef");
+        assert!(matches!(
+            refuse(log),
+            Refusal::Record {
+                recnum: 4,
+                pcr: 9,
+                ..
+            }
+        ));
+        // Twice for one deployment: it would cancel the one that runs.
+        let mut log = boot_log();
+        push(
+            &mut log,
+            9,
+            "tuk.component",
+            component("hello", "1.0.1", "c0de2"),
+        );
+        failed(&mut log, "hello", "c0de2");
+        failed(&mut log, "hello", "c0de");
+        assert!(matches!(refuse(log), Refusal::Record { recnum: 6, .. }));
+        // Another code than the deployment it cancels.
+        let mut log = boot_log();
+        push(
+            &mut log,
+            9,
+            "tuk.component",
+            component("hello", "1.0.1", "c0de2"),
+        );
+        failed(&mut log, "hello", "c0de");
+        let r = refuse(log);
+        assert!(r.to_string().contains("other code"), "{r}");
+        // Under another PCR.
+        let mut log = boot_log();
+        push(
+            &mut log,
+            10,
+            COMPONENT_FAILED,
+            json!({"name": "hello", "code_sha256": "c0de", "error": "x"}),
+        );
+        assert!(matches!(refuse(log), Refusal::Record { pcr: 10, .. }));
     }
 
     #[test]

@@ -112,23 +112,29 @@ impl HttpAttester {
         Ok((status, body))
     }
 
-    fn expect_ok(url: &str, status: u16, body: &[u8]) -> Result<(), AttestError> {
+    fn expect_ok(url: &str, status: u16) -> Result<(), AttestError> {
         if status == 200 {
             return Ok(());
         }
         Err(AttestError::Protocol {
             url: url.to_owned(),
-            detail: format!("answered {status}: {}", error_text(body)),
+            detail: status_text(status),
         })
     }
 }
 
-/// The `error` of a JSON error body, else the body's start.
-fn error_text(body: &[u8]) -> String {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect())
+/// What an answer other than 200 means, from its status code alone. The body is never
+/// repeated: the URL may be anything a client registered (a server-side request), and its
+/// answer is not ours to relay.
+fn status_text(status: u16) -> String {
+    let hint = match status {
+        403 => "forbidden: attestation needs the instance's ADMIN url (the `admin` of `tuk run`'s ready line)",
+        404 => "not found: is this a tuk instance's base url?",
+        400..=499 => "the request was refused",
+        500..=599 => "the instance failed to answer",
+        _ => "not an attestation answer",
+    };
+    format!("answered {status} ({hint})")
 }
 
 fn transport(url: &str, e: ureq::Error) -> AttestError {
@@ -163,7 +169,7 @@ impl Attester for HttpAttester {
     fn identity(&mut self) -> Result<Identity, AttestError> {
         let url = format!("{}/_tuk/attestation/identity", self.base);
         let (status, body) = self.exchange(&url, None, MAX_IDENTITY + 1)?;
-        Self::expect_ok(&url, status, &body)?;
+        Self::expect_ok(&url, status)?;
         Ok(Identity::from_json(&body)?)
     }
 
@@ -176,9 +182,14 @@ impl Attester for HttpAttester {
         let request = serde_json::to_vec(&request).unwrap_or_default();
         let (status, body) = self.exchange(&url, Some(&request), 64 * 1024)?;
         if status == 403 {
-            return Ok(Activation::Refused(error_text(&body)));
+            return Ok(Activation::Refused(
+                "the instance answered 403: its TPM refused to activate the credential, or this \
+                 is not its admin url (attestation needs the admin listener: `admin` in `tuk \
+                 run`'s ready line)"
+                    .into(),
+            ));
         }
-        Self::expect_ok(&url, status, &body)?;
+        Self::expect_ok(&url, status)?;
         let secret = serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|v| v.get("secret").and_then(Value::as_str).map(str::to_owned))
@@ -193,7 +204,7 @@ impl Attester for HttpAttester {
     fn evidence(&mut self, nonce: &[u8]) -> Result<Evidence, AttestError> {
         let url = format!("{}/_tuk/attestation?nonce={}", self.base, hex(nonce));
         let (status, body) = self.exchange(&url, None, MAX_EVIDENCE + 1)?;
-        Self::expect_ok(&url, status, &body)?;
+        Self::expect_ok(&url, status)?;
         Ok(Evidence::from_json(&body)?)
     }
 }

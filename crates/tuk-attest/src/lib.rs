@@ -12,6 +12,8 @@
 //! - [`evidence`]: the kernel's identity and evidence documents (checked parsers).
 //! - [`appraise`]: the verification policy for tuk evidence: identity, quote, event log,
 //!   reference values ([`verify_identity`], [`appraise()`]).
+//! - [`boot_reference`]: the reference PCR 5's boot configuration is appraised against, and
+//!   the run-time measurement freshness rule ([`BootReference`]).
 //! - [`result`]: AR4SI trust tiers and claims per submodule, as an EAR claims set.
 //! - [`attester`]: one attestation end to end over the kernel's HTTP endpoints ([`attest`]).
 //!
@@ -20,6 +22,7 @@
 
 pub mod appraise;
 pub mod attester;
+pub mod boot_reference;
 pub mod cert;
 pub mod credential;
 pub mod evidence;
@@ -30,6 +33,7 @@ pub mod result;
 
 pub use appraise::{appraise, verify_identity, Ca, References, Refusal, VerifiedIdentity};
 pub use attester::{attest, quote, register, AttestError, Attester, HttpAttester};
+pub use boot_reference::BootReference;
 pub use cert::{verify_ek_certificate, CertError, EkCertificate};
 pub use credential::{
     make_credential, make_credential_with_rng, secret_matches, Credential, CredentialError,

@@ -413,6 +413,16 @@ fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, Reject> {
     else {
         return Err(BAD_REQUEST);
     };
+    // RFC 9112 §3.2: a server that is not a proxy takes origin-form (`/path?query`) only, and
+    // asterisk-form only for OPTIONS. Absolute-form (`http://host/x`), authority-form
+    // (`host:port`) and anything else are refused, so that no handler (the kernel's router, a
+    // reverse proxy building an upstream URL) ever sees a target that names another host.
+    if !(target.starts_with('/') || (target == "*" && method == "OPTIONS")) {
+        return Err(Reject::new(
+            400,
+            "the request-target must be a path starting with / (origin-form)",
+        ));
+    }
     let version = if minor == 0 {
         Version::Http10
     } else {
@@ -712,6 +722,32 @@ mod tests {
         for input in bad {
             assert_refused(input, 400);
         }
+    }
+
+    #[test]
+    fn only_origin_form_targets_are_served() {
+        for target in [
+            "http://127.0.0.1:9/x",
+            "https://example.com/",
+            "@127.0.0.1:9/x",
+            "127.0.0.1:9",
+            "example.com:443",
+            "x",
+            "*",
+            "?a=1",
+        ] {
+            for method in ["GET", "DELETE", "CONNECT", "POST"] {
+                assert_refused(
+                    format!("{method} {target} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+                    400,
+                );
+            }
+        }
+        let (out, stats, _) = serve1(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(stats.protocol_errors, 0, "{out}");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        let (out, _, _) = serve1(b"GET /a?b=http://c/ HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     }
 
     #[test]

@@ -41,6 +41,9 @@
 //!   `Connection: close`; everything after them is discarded and the connection closes.
 //!   Ambiguous framing (`Content-Length` with `Transfer-Encoding`, conflicting lengths,
 //!   `Transfer-Encoding` in HTTP/1.0, bare LF inside chunked framing) is refused, never guessed.
+//! - Only origin-form request-targets (`/path?query`, RFC 9112 §3.2.1) reach the handler, and
+//!   `*` only with `OPTIONS`: absolute-form (`http://host/x`), authority-form (`host:port`) and
+//!   anything else not starting with `/` get `400`. The engine serves, it never proxies.
 //! - A request that has started (one byte, or pipelined bytes the engine reached) must be
 //!   complete within `request_timeout_ms`, however slowly it trickles, or it gets `408` and
 //!   the connection closes. A connection where nothing happens (no input, no response, no

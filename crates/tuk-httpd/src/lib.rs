@@ -6,16 +6,125 @@
 //!
 //! The handler is shared by all connection threads, so it is `Fn + Send + Sync`; it must not
 //! block for long (a slow handler holds one connection thread, not the server).
+//!
+//! TLS: [`Tls::from_pem_files`] loads a certificate chain and its private key (PEM) into a
+//! rustls server configuration (ring provider, TLS 1.2 and 1.3); [`Server::tls`] makes the
+//! server speak only HTTPS on its port. The engine's limits and timeouts apply unchanged to the
+//! decrypted stream; a TLS connection over the connection limit is closed without an answer.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
 pub use tuk_http::{Limits, Request, Response};
+
+/// A TLS server configuration: a certificate chain and its key.
+#[derive(Clone)]
+pub struct Tls {
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
+    }
+}
+
+impl Tls {
+    /// Loads `cert` (PEM: the server certificate first, then any intermediates) and `key`
+    /// (PEM: PKCS#8, PKCS#1 or SEC1 private key). Errors name the file and what is wrong.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Tls, String> {
+        let read =
+            |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        Tls::from_pem(&read(cert)?, &read(key)?).map_err(|e| {
+            format!(
+                "TLS certificate {} with key {}: {e}",
+                cert.display(),
+                key.display()
+            )
+        })
+    }
+
+    /// [`Tls::from_pem_files`] on PEM text.
+    pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<Tls, String> {
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("the certificate is not PEM ({e})"))?;
+        if chain.is_empty() {
+            return Err("no CERTIFICATE in the certificate file".into());
+        }
+        let key = PrivateKeyDer::from_pem_slice(key)
+            .map_err(|e| format!("no private key in the key file ({e})"))?;
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("the key does not fit the certificate ({e})"))?;
+        Ok(Tls {
+            config: Arc::new(config),
+        })
+    }
+
+    /// The rustls configuration (for callers that need to adjust it).
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.config)
+    }
+}
+
+/// One accepted connection, plain or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => {
+                let n = s.write(buf)?;
+                s.flush()?;
+                Ok(n)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
 
 /// A request handler shared by every connection.
 pub type Handler = dyn Fn(&Request) -> Response + Send + Sync;
@@ -25,6 +134,7 @@ pub struct Server {
     listener: TcpListener,
     limits: Limits,
     max_connections: usize,
+    tls: Option<Tls>,
 }
 
 /// A server serving on a background thread.
@@ -42,6 +152,7 @@ impl Server {
             listener,
             limits: Limits::default(),
             max_connections: 256,
+            tls: None,
         })
     }
 
@@ -54,6 +165,12 @@ impl Server {
     /// Connections served at once; more are answered `503` and closed.
     pub fn max_connections(mut self, n: usize) -> Server {
         self.max_connections = n.max(1);
+        self
+    }
+
+    /// Serves HTTPS only (every connection starts with a TLS handshake).
+    pub fn tls(mut self, tls: Tls) -> Server {
+        self.tls = Some(tls);
         self
     }
 
@@ -96,16 +213,27 @@ impl Server {
             };
             if active.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
                 active.fetch_sub(1, Ordering::AcqRel);
-                refuse(stream);
+                if self.tls.is_none() {
+                    refuse(stream);
+                }
                 continue;
             }
             let handler = Arc::clone(handler);
             let count = Arc::clone(&active);
             let limits = self.limits;
+            let tls = self.tls.as_ref().map(Tls::config);
             let spawned = thread::Builder::new()
                 .name("httpd-conn".into())
                 .spawn(move || {
-                    let _ = serve_connection(stream, limits, &*handler);
+                    let stream = match tls {
+                        None => Some(Stream::Plain(stream)),
+                        Some(config) => rustls::ServerConnection::new(config)
+                            .ok()
+                            .map(|c| Stream::Tls(Box::new(rustls::StreamOwned::new(c, stream)))),
+                    };
+                    if let Some(stream) = stream {
+                        let _ = serve_connection(stream, limits, &*handler);
+                    }
                     count.fetch_sub(1, Ordering::AcqRel);
                 });
             if spawned.is_err() {
@@ -155,10 +283,10 @@ fn refuse(mut stream: TcpStream) {
 }
 
 /// Drives one connection to its end.
-fn serve_connection(mut stream: TcpStream, limits: Limits, handler: &Handler) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(Duration::from_millis(
+fn serve_connection(mut stream: Stream, limits: Limits, handler: &Handler) -> io::Result<()> {
+    stream.tcp().set_nonblocking(false)?;
+    stream.tcp().set_nodelay(true)?;
+    stream.tcp().set_write_timeout(Some(Duration::from_millis(
         limits.idle_timeout_ms.max(1000),
     )))?;
     let epoch = Instant::now();
@@ -187,7 +315,9 @@ fn serve_connection(mut stream: TcpStream, limits: Limits, handler: &Handler) ->
             thread::sleep(Duration::from_millis(wait.min(10)));
             continue;
         }
-        stream.set_read_timeout(Some(Duration::from_millis(wait)))?;
+        stream
+            .tcp()
+            .set_read_timeout(Some(Duration::from_millis(wait)))?;
         let room = conn.input_room().min(buf.len()).max(1);
         match stream.read(&mut buf[..room]) {
             Ok(0) => conn.peer_closed(now()),
@@ -255,6 +385,89 @@ mod tests {
             .read_to_string()
             .unwrap();
         assert_eq!(r, "GET /ok 0");
+    }
+
+    /// A self-signed certificate for 127.0.0.1 and localhost, made by the `openssl` CLI.
+    fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        std::fs::create_dir_all(dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("the openssl CLI (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (cert, key)
+    }
+
+    #[test]
+    fn serves_https_with_the_given_certificate_only() {
+        let dir = std::env::temp_dir().join(format!("tuk-httpd-tls-{}", std::process::id()));
+        let (cert, key) = self_signed(&dir);
+        let tls = Tls::from_pem_files(&cert, &key).unwrap();
+        let running = Server::bind("127.0.0.1:0".parse().unwrap())
+            .unwrap()
+            .tls(tls)
+            .spawn(Arc::new(|req: &Request| {
+                Response::text(200, format!("{} {}", req.method, req.path))
+            }))
+            .unwrap();
+        let ca = ureq::tls::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
+                    .build(),
+            )
+            .build()
+            .into();
+        let url = format!("https://{}/secure", running.addr());
+        for _ in 0..2 {
+            let body = agent
+                .get(&url)
+                .call()
+                .unwrap()
+                .into_body()
+                .read_to_string()
+                .unwrap();
+            assert_eq!(body, "GET /secure");
+        }
+        // A client that does not trust the certificate (the public roots) refuses it.
+        let err = ureq::get(&url).call().unwrap_err();
+        assert!(
+            err.to_string().to_lowercase().contains("certificate"),
+            "{err}"
+        );
+        // Plain HTTP on the TLS port gets no HTTP answer.
+        let plain = ureq::get(&format!("http://{}/secure", running.addr())).call();
+        assert!(plain.is_err(), "{plain:?}");
+        // Keys that do not fit, and files that are not PEM, are refused with the file named.
+        let (other_cert, _) = self_signed(&dir.join("other"));
+        let err = Tls::from_pem_files(&other_cert, &key).unwrap_err();
+        assert!(err.contains("does not fit"), "{err}");
+        let err = Tls::from_pem_files(&key, &key).unwrap_err();
+        assert!(
+            err.contains("cert.pem") || err.contains("CERTIFICATE"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -7,8 +7,11 @@
 //!
 //! Every VM has a vTPM (docs/measurement.md): before QEMU starts, the launcher manufactures the
 //! VM's swtpm state on first use, measures the kernel image (PCR 4) and the boot configuration
-//! (PCR 5) into it and saves it with TPM2_Shutdown(STATE); then a fresh swtpm serves QEMU's
-//! `tpm-crb` device and the guest resumes the TPM with TPM2_Startup(STATE). The launcher's
+//! (PCR 5) into it after its own TPM2_Startup(CLEAR) and stores the running TPM (swtpm's
+//! volatile state); then a fresh swtpm serves QEMU's `tpm-crb` device, already started: the
+//! guest cannot send a TPM2_Startup of its own (TPM_RC_INITIALIZE), so it cannot reset PCR 4/5
+//! (tuk_vtpm::measured_launch). The state directory and everything the launcher creates in it
+//! are private (0700 directories, 0600 files; [`prepare_state_dir`]). The launcher's
 //! event-log records reach the kernel as the boot pack's `_eventlog` entry, so a boot pack is
 //! always passed.
 //!
@@ -77,11 +80,18 @@ pub struct RunConfig {
     pub kernel: PathBuf,
     pub accel: Accel,
     pub memory_mib: u32,
-    /// Host address QEMU forwards to the guest's HTTP port (IPv4).
+    /// Host address QEMU forwards to the guest's HTTP port (IPv4): the service listener
+    /// (components, and the read-only `/_tuk/health`, `/_tuk/components`,
+    /// `/_tuk/attestation/identity`).
     pub listen: SocketAddr,
+    /// Host address QEMU forwards to the kernel's admin listener (every `/_tuk/*` endpoint:
+    /// status, event log, quotes, activation, publishing). `None`: 127.0.0.1 with a free port,
+    /// chosen at boot ([`Instance::admin_addr`]).
+    pub admin_listen: Option<SocketAddr>,
     /// Appended to `-append` as `key=value`, in order.
     pub kernel_args: Vec<(String, String)>,
-    /// Holds `console.log` and `qemu-stderr.log`; created if missing.
+    /// Holds `console.log` and `qemu-stderr.log`, the vTPM and the boot files; created 0700 if
+    /// missing, refused unless it is a directory (not a symbolic link) of ours with mode 0700.
     pub state_dir: PathBuf,
     /// Spawn → first healthy answer.
     pub boot_timeout: Duration,
@@ -112,6 +122,7 @@ impl RunConfig {
             accel: Accel::Auto,
             memory_mib: Self::DEFAULT_MEMORY_MIB,
             listen,
+            admin_listen: None,
             kernel_args: Vec::new(),
             state_dir: Self::default_state_dir(listen),
             boot_timeout: Self::DEFAULT_BOOT_TIMEOUT,
@@ -122,11 +133,24 @@ impl RunConfig {
         }
     }
 
-    /// `$TMPDIR/tuk/<pid>-<port>`.
+    /// `<base>/<pid>-<port>`, base = [`RunConfig::default_state_base`]: private to the user,
+    /// never a shared temporary directory.
     pub fn default_state_dir(listen: SocketAddr) -> PathBuf {
-        std::env::temp_dir()
-            .join("tuk")
-            .join(format!("{}-{}", std::process::id(), listen.port()))
+        Self::default_state_base().join(format!("{}-{}", std::process::id(), listen.port()))
+    }
+
+    /// `$XDG_RUNTIME_DIR/tuk` (a per-user 0700 directory), else `~/.local/state/tuk`; only with
+    /// neither `XDG_RUNTIME_DIR` nor `HOME` set, `$TMPDIR/tuk` (which [`Instance::start`] then
+    /// refuses unless it is ours and 0700).
+    pub fn default_state_base() -> PathBuf {
+        let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(run) = env("XDG_RUNTIME_DIR") {
+            return PathBuf::from(run).join("tuk");
+        }
+        if let Some(home) = env("HOME") {
+            return PathBuf::from(home).join(".local/state/tuk");
+        }
+        std::env::temp_dir().join("tuk")
     }
 
     pub fn kernel_arg(mut self, key: &str, value: impl fmt::Display) -> Self {
@@ -227,7 +251,7 @@ pub struct MeasuredBoot {
     pub manufactured: bool,
     /// swtpm_setup's time (0 when the state existed).
     pub manufacture_ms: u64,
-    /// The measured launch (swtpm, Startup, 2 extends, Shutdown(STATE), exit) plus starting
+    /// The measured launch (swtpm, Startup, 2 extends, store the running TPM, exit) plus starting
     /// the swtpm QEMU uses: what the vTPM adds to every boot.
     pub launch_ms: u64,
 }
@@ -236,8 +260,12 @@ pub struct MeasuredBoot {
 /// when the VM answers health, removed when it ends (docs/contracts.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceInfo {
-    /// `http://<ip>:<port>`.
+    /// `http://<ip>:<port>`: the service listener.
     pub url: String,
+    /// `http://<ip>:<port>`: the admin listener (every `/_tuk/*` endpoint). Empty in files
+    /// written before there was one.
+    #[serde(default)]
+    pub admin: String,
     /// QEMU's pid.
     pub pid: u32,
     /// The pid of the process that owns the [`Instance`] (`tuk run`, a test).
@@ -266,6 +294,11 @@ impl InstanceInfo {
     /// The address in [`InstanceInfo::url`].
     pub fn addr(&self) -> Option<SocketAddr> {
         self.url.strip_prefix("http://")?.parse().ok()
+    }
+
+    /// The address in [`InstanceInfo::admin`].
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.strip_prefix("http://")?.parse().ok()
     }
 
     /// Written to a temporary name and renamed, so readers never see half a document.
@@ -312,12 +345,16 @@ impl Prepared {
         };
 
         let boot_dir = cfg.state_dir.join(BOOT_DIR);
-        fs::create_dir_all(&boot_dir)
-            .map_err(|e| LaunchError::io("cannot create", &boot_dir, e))?;
-        let image = fs::read(&cfg.kernel)
+        private_dir(&boot_dir)?;
+        let source = fs::read(&cfg.kernel)
             .map_err(|e| LaunchError::io("cannot read the kernel image", &cfg.kernel, e))?;
+        // The bytes measured are the copy's bytes, read back from the private copy QEMU loads
+        // (not the source, which others may be able to change); every boot attempt re-checks
+        // them (`verify_kernel_copy`).
         let kernel = boot_dir.join(BOOT_KERNEL);
-        fs::write(&kernel, &image).map_err(|e| LaunchError::io("cannot write", &kernel, e))?;
+        write_private(&kernel, &source)?;
+        let image =
+            fs::read(&kernel).map_err(|e| LaunchError::io("cannot read back", &kernel, e))?;
 
         let pack = match &cfg.boot_pack {
             Some(path) => fs::read(path).map_err(|e| LaunchError::io("cannot read", path, e))?,
@@ -358,6 +395,23 @@ impl Prepared {
         })
     }
 
+    /// Fails unless the kernel copy QEMU is about to load still has the measured SHA-256.
+    fn verify_kernel_copy(&self) -> Result<(), LaunchError> {
+        let bytes =
+            fs::read(&self.kernel).map_err(|e| LaunchError::io("cannot read", &self.kernel, e))?;
+        if measured::sha256(&bytes) != self.kernel_sha256 {
+            return Err(LaunchError::io(
+                "refusing to boot",
+                &self.kernel,
+                io::Error::other(
+                    "the kernel copy changed after it was measured into PCR 4; something else \
+                     writes to the state directory: stop it and start again",
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The boot pack QEMU loads: the given pack plus the `_eventlog` entry.
     fn pack_with_eventlog(&self, eventlog: &[u8]) -> Result<Vec<u8>, LaunchError> {
         let parsed =
@@ -386,6 +440,8 @@ pub struct Instance {
     status: Option<ExitStatus>,
     accel: Accel,
     addr: SocketAddr,
+    /// The admin listener's host address (connectable).
+    admin_addr: SocketAddr,
     boot_ms: u64,
     guest_boot_us: Option<u64>,
     console_log: PathBuf,
@@ -499,12 +555,20 @@ impl Instance {
             cfg.listen.port(),
             u64::from(cfg.memory_mib) << 20,
         )?;
-        let mut argv = qemu::qemu_args(
+        let admin_listen = match cfg.admin_listen {
+            Some(a) => {
+                check_port_free(a)?;
+                a
+            }
+            None => free_loopback_port()?,
+        };
+        let mut argv = qemu::qemu_args_admin(
             &prep.kernel,
             accel,
             cfg.memory_mib,
             memory.path(),
             cfg.listen,
+            Some(admin_listen),
             &kernel_args,
         )?;
 
@@ -522,8 +586,9 @@ impl Instance {
         fs::write(&eventlog_path, &eventlog)
             .map_err(|e| LaunchError::io("cannot write", &eventlog_path, e))?;
         let initrd = cfg.state_dir.join(BOOT_DIR).join(BOOT_PACK);
-        fs::write(&initrd, prep.pack_with_eventlog(&eventlog)?)
-            .map_err(|e| LaunchError::io("cannot write", &initrd, e))?;
+        write_private(&initrd, &prep.pack_with_eventlog(&eventlog)?)?;
+        // The image QEMU loads on this attempt (the KVM→TCG retry too) is the one measured.
+        prep.verify_kernel_copy()?;
 
         // Measured launch into the saved TPM state, then the swtpm QEMU talks to.
         let t = Instant::now();
@@ -584,8 +649,10 @@ impl Instance {
         };
 
         let addr = connectable(cfg.listen);
+        let admin_addr = connectable(admin_listen);
         let info = InstanceInfo {
             url: format!("http://{addr}"),
+            admin: format!("http://{admin_addr}"),
             pid: child.id(),
             launcher_pid: std::process::id(),
             kernel: prep.kernel.clone(),
@@ -602,6 +669,7 @@ impl Instance {
             status: None,
             accel,
             addr,
+            admin_addr,
             boot_ms: 0,
             guest_boot_us: None,
             console_log,
@@ -791,6 +859,17 @@ impl Instance {
         self.addr
     }
 
+    /// `http://<addr>` of the admin listener (every `/_tuk/*` endpoint: status, event log,
+    /// attestation, publishing).
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    /// The admin listener's address to connect to.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
     /// The accelerator actually running the VM (never [`Accel::Auto`]).
     pub fn accel(&self) -> Accel {
         self.accel
@@ -923,6 +1002,14 @@ pub fn check_port_free(addr: SocketAddr) -> Result<(), LaunchError> {
         .map_err(|cause| LaunchError::PortInUse { addr, cause })
 }
 
+/// 127.0.0.1 with a port that is free right now (the OS picks it), for the admin listener.
+fn free_loopback_port() -> Result<SocketAddr, LaunchError> {
+    let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+    TcpListener::bind(any)
+        .and_then(|l| l.local_addr())
+        .map_err(|cause| LaunchError::PortInUse { addr: any, cause })
+}
+
 fn connectable(listen: SocketAddr) -> SocketAddr {
     if listen.ip().is_unspecified() {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())
@@ -931,9 +1018,53 @@ fn connectable(listen: SocketAddr) -> SocketAddr {
     }
 }
 
-fn prepare_state_dir(dir: &Path) -> Result<(), LaunchError> {
-    fs::create_dir_all(dir)
-        .map_err(|e| LaunchError::io("cannot create state directory", dir, e))?;
+/// [`tuk_vtpm::private_dir`], its refusal worded for the state directory.
+fn private_dir(dir: &Path) -> Result<(), LaunchError> {
+    tuk_vtpm::private_dir(dir).map_err(|e| match e {
+        tuk_vtpm::VtpmError::UnsafeDir { path, reason } => LaunchError::io(
+            "refusing to use the state directory",
+            path,
+            io::Error::other(format!(
+                "{reason}; remove it, or pass another with --state-dir, so tuk can create it \
+                 privately (0700)"
+            )),
+        ),
+        other => other.into(),
+    })
+}
+
+/// Replaces `path` with a new file of mode 0600 holding `bytes` (never writing through a link
+/// someone left there: the old name is removed and the new file created exclusively).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), LaunchError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(LaunchError::io("cannot replace", path, e)),
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|e| LaunchError::io("cannot write", path, e))
+}
+
+/// Creates the state directory 0700 (and, for the default location, its `tuk` parent), or
+/// accepts an existing one only if it is ours, not a symbolic link, and 0700 (otherwise the
+/// error says so and what to do).
+pub fn create_state_dir(dir: &Path) -> Result<(), LaunchError> {
+    let base = RunConfig::default_state_base();
+    if dir.parent() == Some(base.as_path()) {
+        private_dir(&base)?;
+    }
+    private_dir(dir)
+}
+
+/// [`create_state_dir`], then removes what an earlier run left.
+pub fn prepare_state_dir(dir: &Path) -> Result<(), LaunchError> {
+    create_state_dir(dir)?;
     for stale in [
         CONSOLE_LOG,
         STDERR_LOG,
@@ -992,6 +1123,16 @@ mod tests {
         assert!(cfg
             .state_dir
             .ends_with(format!("tuk/{}-8088", std::process::id())));
+        assert!(cfg.state_dir.starts_with(RunConfig::default_state_base()));
+        if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| !d.is_empty())
+            || std::env::var_os("HOME").is_some_and(|d| !d.is_empty())
+        {
+            assert!(
+                !cfg.state_dir.starts_with(std::env::temp_dir()),
+                "{}",
+                cfg.state_dir.display()
+            );
+        }
         assert_eq!(connectable(listen), "127.0.0.1:8088".parse().unwrap());
     }
 }

@@ -11,6 +11,9 @@ use crate::LaunchError;
 
 /// The guest port the kernel listens on unless `port=` says otherwise (contracts.md).
 pub const DEFAULT_GUEST_PORT: u16 = 80;
+/// The guest port of the kernel's admin listener unless `admin.port=` says otherwise
+/// (contracts.md: every `/_tuk/*` endpoint is served there).
+pub const DEFAULT_ADMIN_GUEST_PORT: u16 = 8081;
 /// `-M`: part of the measured boot configuration (PCR 5). Guest RAM is the memory backend
 /// [`MEMORY_BACKEND_ID`] (see [`memory_backend`]).
 pub const MACHINE: &str = "microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=ram";
@@ -133,12 +136,13 @@ pub fn parse_kernel_arg(s: &str) -> Result<(String, String), LaunchError> {
     }
 }
 
-/// Where inside the guest the host port is forwarded to: `ip=` and `port=` from the kernel
-/// arguments when given (so forwarding follows the kernel's configuration), else QEMU user
-/// networking's default guest address and port 80.
-fn guest_target(args: &[(String, String)]) -> Result<(String, u16), LaunchError> {
+/// Where inside the guest the host ports are forwarded to: `ip=`, `port=` and `admin.port=` from
+/// the kernel arguments when given (so forwarding follows the kernel's configuration), else
+/// QEMU user networking's default guest address, port 80 and admin port 8081.
+fn guest_target(args: &[(String, String)]) -> Result<(String, u16, u16), LaunchError> {
     let mut ip = String::new(); // empty = slirp's default guest address (10.0.2.15)
     let mut port = DEFAULT_GUEST_PORT;
+    let mut admin_port = DEFAULT_ADMIN_GUEST_PORT;
     for (k, v) in args {
         let bad = |reason| LaunchError::BadKernelArg {
             arg: format!("{k}={v}"),
@@ -152,6 +156,13 @@ fn guest_target(args: &[(String, String)]) -> Result<(String, u16), LaunchError>
                     .filter(|p| *p != 0)
                     .ok_or_else(|| bad("port must be 1..=65535"))?
             }
+            "admin.port" => {
+                admin_port = v
+                    .parse()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| bad("admin.port must be 1..=65535"))?
+            }
             "ip" => {
                 let addr = v.split('/').next().unwrap_or_default();
                 let parsed: std::net::Ipv4Addr = addr
@@ -162,7 +173,13 @@ fn guest_target(args: &[(String, String)]) -> Result<(String, u16), LaunchError>
             _ => {}
         }
     }
-    Ok((ip, port))
+    if port == admin_port {
+        return Err(LaunchError::BadKernelArg {
+            arg: format!("admin.port={admin_port}"),
+            reason: "the admin listener needs a guest port of its own (not port=)",
+        });
+    }
+    Ok((ip, port, admin_port))
 }
 
 /// Escapes a value for QEMU's option syntax (`,` is doubled).
@@ -180,9 +197,8 @@ pub fn memory_backend(memory_mib: u32, memory_file: &Path) -> String {
     )
 }
 
-/// The arguments after the program name, exactly as docs/contracts.md lists them.
-/// `accel` must be resolved (not [`Accel::Auto`]). `memory_file` backs guest RAM
-/// ([`memory_backend`]); QEMU sizes it.
+/// The arguments after the program name, exactly as docs/contracts.md lists them, forwarding
+/// only the service listener (see [`qemu_args_admin`] for both).
 pub fn qemu_args(
     kernel: &Path,
     accel: Accel,
@@ -191,31 +207,74 @@ pub fn qemu_args(
     listen: SocketAddr,
     kernel_args: &[(String, String)],
 ) -> Result<Vec<OsString>, LaunchError> {
-    assert!(
-        accel != Accel::Auto,
-        "qemu_args needs a resolved accelerator"
-    );
-    let IpAddr::V4(listen_ip) = listen.ip() else {
+    qemu_args_admin(
+        kernel,
+        accel,
+        memory_mib,
+        memory_file,
+        listen,
+        None,
+        kernel_args,
+    )
+}
+
+/// A host address QEMU user networking can forward: IPv4, a real port.
+fn check_forwardable(addr: SocketAddr) -> Result<std::net::Ipv4Addr, LaunchError> {
+    let IpAddr::V4(ip) = addr.ip() else {
         return Err(LaunchError::BadListen {
-            addr: listen,
+            addr,
             reason:
                 "QEMU user networking forwards IPv4 only; use an IPv4 address such as 127.0.0.1",
         });
     };
-    if listen.port() == 0 {
+    if addr.port() == 0 {
         return Err(LaunchError::BadListen {
-            addr: listen,
+            addr,
             reason: "port 0 is not a port; pick a free one (e.g. 127.0.0.1:8080)",
         });
     }
+    Ok(ip)
+}
+
+/// The arguments after the program name, exactly as docs/contracts.md lists them.
+/// `accel` must be resolved (not [`Accel::Auto`]). `memory_file` backs guest RAM
+/// ([`memory_backend`]); QEMU sizes it. `listen` is forwarded to the kernel's service listener
+/// (`port=`), `admin` (if any) to its admin listener (`admin.port=`).
+pub fn qemu_args_admin(
+    kernel: &Path,
+    accel: Accel,
+    memory_mib: u32,
+    memory_file: &Path,
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    kernel_args: &[(String, String)],
+) -> Result<Vec<OsString>, LaunchError> {
+    assert!(
+        accel != Accel::Auto,
+        "qemu_args needs a resolved accelerator"
+    );
+    let listen_ip = check_forwardable(listen)?;
     let cmdline = kernel_cmdline(kernel_args)?;
-    let (guest_ip, guest_port) = guest_target(kernel_args)?;
+    let (guest_ip, guest_port, guest_admin_port) = guest_target(kernel_args)?;
     let memory = memory_mib.to_string();
     let backend = memory_backend(memory_mib, memory_file);
-    let netdev = format!(
+    let mut netdev = format!(
         "user,id=net0,hostfwd=tcp:{listen_ip}:{}-{guest_ip}:{guest_port}",
         listen.port()
     );
+    if let Some(admin) = admin {
+        let admin_ip = check_forwardable(admin)?;
+        if admin == listen {
+            return Err(LaunchError::BadListen {
+                addr: admin,
+                reason: "the admin listener needs its own host address (not --listen's)",
+            });
+        }
+        netdev.push_str(&format!(
+            ",hostfwd=tcp:{admin_ip}:{}-{guest_ip}:{guest_admin_port}",
+            admin.port()
+        ));
+    }
     #[rustfmt::skip]
     let head = [
         "-accel", accel.as_str(),
@@ -377,6 +436,58 @@ mod tests {
         )
         .unwrap();
         assert!(s(&argv).contains(&"user,id=net0,hostfwd=tcp:127.0.0.1:1234-10.0.2.20:8080"));
+    }
+
+    #[test]
+    fn admin_listener_is_forwarded_to_its_own_guest_port() {
+        let argv = qemu_args_admin(
+            Path::new("k"),
+            Accel::Tcg,
+            64,
+            Path::new("m"),
+            "0.0.0.0:8080".parse().unwrap(),
+            Some("127.0.0.1:9090".parse().unwrap()),
+            &[],
+        )
+        .unwrap();
+        assert!(s(&argv).contains(
+            &"user,id=net0,hostfwd=tcp:0.0.0.0:8080-:80,hostfwd=tcp:127.0.0.1:9090-:8081"
+        ));
+        let args = vec![("admin.port".to_owned(), "9000".to_owned())];
+        let argv = qemu_args_admin(
+            Path::new("k"),
+            Accel::Tcg,
+            64,
+            Path::new("m"),
+            "127.0.0.1:8080".parse().unwrap(),
+            Some("127.0.0.1:9090".parse().unwrap()),
+            &args,
+        )
+        .unwrap();
+        assert!(s(&argv).contains(
+            &"user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=tcp:127.0.0.1:9090-:9000"
+        ));
+        // The same host address for both, or the same guest port for both, is refused.
+        let same = qemu_args_admin(
+            Path::new("k"),
+            Accel::Tcg,
+            64,
+            Path::new("m"),
+            "127.0.0.1:8080".parse().unwrap(),
+            Some("127.0.0.1:8080".parse().unwrap()),
+            &[],
+        );
+        assert!(matches!(same, Err(LaunchError::BadListen { .. })));
+        let clash = vec![("admin.port".to_owned(), "80".to_owned())];
+        let r = qemu_args(
+            Path::new("k"),
+            Accel::Tcg,
+            64,
+            Path::new("m"),
+            "127.0.0.1:8080".parse().unwrap(),
+            &clash,
+        );
+        assert!(matches!(r, Err(LaunchError::BadKernelArg { .. })));
     }
 
     #[test]

@@ -44,6 +44,28 @@ pub enum Target {
     /// rewritten writable and executable (NX cleared, WRITABLE set): what injecting code into
     /// data needs. Found by walking the live tables from `kernel.page_tables.root`.
     KernelWx,
+    /// `kernel:x`: the same entry rewritten read+execute (NX and WRITABLE cleared): code
+    /// written while the page was writable, then made executable without ever being W+X.
+    KernelX,
+    /// `kernel:w`: the same entry made writable (WRITABLE set, NX kept): the first step of
+    /// changing a read-only page, e.g. one the kernel sealed (`kernel.sealed` in the status).
+    KernelW,
+    /// `kernel:alias`: the same entry pointed at the next page's frame (flags kept): two
+    /// virtual pages on one frame, so the identity map is no longer one to one.
+    KernelAlias,
+    /// `kernel:idt`, `kernel:gdt`, `kernel:tss`: a descriptor table's bytes, at `offset` from
+    /// the address the guest reports in `kernel.descriptor_tables` of its status.
+    KernelTable(String),
+}
+
+impl Target {
+    /// Whether the target is a page-table entry (located by walking the guest's tables).
+    pub fn is_page_table_entry(&self) -> bool {
+        matches!(
+            self,
+            Target::KernelWx | Target::KernelX | Target::KernelW | Target::KernelAlias
+        )
+    }
 }
 
 impl FromStr for Target {
@@ -53,6 +75,10 @@ impl FromStr for Target {
         match parts.as_slice() {
             ["kernel", seg @ ("text" | "rodata")] => Ok(Target::Kernel((*seg).to_owned())),
             ["kernel", "wx"] => Ok(Target::KernelWx),
+            ["kernel", "x"] => Ok(Target::KernelX),
+            ["kernel", "w"] => Ok(Target::KernelW),
+            ["kernel", "alias"] => Ok(Target::KernelAlias),
+            ["kernel", t @ ("idt" | "gdt" | "tss")] => Ok(Target::KernelTable((*t).to_owned())),
             ["component", name, "code"] if !name.is_empty() => {
                 Ok(Target::ComponentCode((*name).to_owned()))
             }
@@ -61,6 +87,7 @@ impl FromStr for Target {
             }
             _ => Err(format!(
                 "unknown target `{s}` (expected kernel:text, kernel:rodata, kernel:wx, \
+                 kernel:x, kernel:w, kernel:alias, kernel:idt, kernel:gdt, kernel:tss, \
                  component:NAME:code or component:NAME:data)"
             )),
         }
@@ -74,6 +101,10 @@ impl fmt::Display for Target {
             Target::ComponentCode(n) => write!(f, "component:{n}:code"),
             Target::ComponentData(n) => write!(f, "component:{n}:data"),
             Target::KernelWx => f.write_str("kernel:wx"),
+            Target::KernelX => f.write_str("kernel:x"),
+            Target::KernelW => f.write_str("kernel:w"),
+            Target::KernelAlias => f.write_str("kernel:alias"),
+            Target::KernelTable(t) => write!(f, "kernel:{t}"),
         }
     }
 }
@@ -144,7 +175,7 @@ pub enum TamperError {
         len: u64,
         memory_bytes: u64,
     },
-    #[error("kernel:wx: {0}")]
+    #[error("{0}")]
     PageTables(String),
     #[error("bytes to write: {0}")]
     BadBytes(String),
@@ -194,7 +225,10 @@ pub fn locate(
         Target::ComponentCode(_) | Target::ComponentData(_) => {
             component_range(&guest_status(info)?, target)?
         }
-        Target::KernelWx => unreachable!("kernel:wx is located by walking the page tables"),
+        Target::KernelTable(t) => descriptor_table(&guest_status(info)?, t)?,
+        Target::KernelWx | Target::KernelX | Target::KernelW | Target::KernelAlias => {
+            unreachable!("a page-table target is located by walking the page tables")
+        }
     };
     if offset.checked_add(len).is_some_and(|end| end <= size) {
         Ok(base + offset)
@@ -218,7 +252,12 @@ pub fn component_range(
     let (name, code) = match target {
         Target::ComponentCode(n) => (n, true),
         Target::ComponentData(n) => (n, false),
-        Target::Kernel(_) | Target::KernelWx => {
+        Target::Kernel(_)
+        | Target::KernelWx
+        | Target::KernelX
+        | Target::KernelW
+        | Target::KernelAlias
+        | Target::KernelTable(_) => {
             unreachable!("a kernel target is not a component range")
         }
     };
@@ -284,11 +323,11 @@ pub fn tamper(
         .open(&info.memory_file)
         .map_err(io("cannot open guest RAM"))?;
     let memory_bytes = ram.metadata().map_err(io("cannot stat guest RAM"))?.len();
-    let (paddr, len) = if *target == Target::KernelWx {
+    let (paddr, len) = if target.is_page_table_entry() {
         if bytes.is_some() {
-            return Err(TamperError::BadBytes(
-                "kernel:wx writes the page-table entry itself; drop --bytes".into(),
-            ));
+            return Err(TamperError::BadBytes(format!(
+                "{target} writes the page-table entry itself; drop --bytes"
+            )));
         }
         let root = page_table_root(&guest_status(&info)?)?;
         let read = |paddr: u64| {
@@ -326,11 +365,9 @@ pub fn tamper(
         .map_err(io("cannot read guest RAM"))?;
     let new = match bytes {
         Some(b) => b.to_vec(),
-        None if *target == Target::KernelWx => {
+        None if target.is_page_table_entry() => {
             let entry = u64::from_le_bytes(old.as_slice().try_into().expect("8 bytes"));
-            ((entry & !PTE_NO_EXECUTE) | PTE_WRITABLE)
-                .to_le_bytes()
-                .to_vec()
+            rewrite_entry(target, entry).to_le_bytes().to_vec()
         }
         None => old.iter().map(|b| b ^ 0xFF).collect(),
     };
@@ -350,6 +387,33 @@ const PTE_WRITABLE: u64 = 1 << 1;
 const PTE_HUGE: u64 = 1 << 7;
 const PTE_NO_EXECUTE: u64 = 1 << 63;
 const PTE_ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+
+/// The page-table attack: the new value of a last-level entry.
+fn rewrite_entry(target: &Target, entry: u64) -> u64 {
+    match target {
+        Target::KernelWx => (entry & !PTE_NO_EXECUTE) | PTE_WRITABLE,
+        Target::KernelX => entry & !(PTE_NO_EXECUTE | PTE_WRITABLE),
+        Target::KernelW => entry | PTE_WRITABLE,
+        Target::KernelAlias => {
+            let next = (entry & PTE_ADDRESS) + 4096;
+            (entry & !PTE_ADDRESS) | (next & PTE_ADDRESS)
+        }
+        _ => entry,
+    }
+}
+
+/// A descriptor table's `(address, length)` from the guest's status
+/// (`kernel.descriptor_tables.<idt|gdt|tss>`).
+fn descriptor_table(status: &serde_json::Value, table: &str) -> Result<(u64, u64), TamperError> {
+    let t = status.pointer(&format!("/kernel/descriptor_tables/{table}"));
+    let num = |key: &str| t?.get(key)?.as_u64();
+    match (num("addr"), num("len")) {
+        (Some(addr), Some(len)) if len > 0 => Ok((addr, len)),
+        _ => Err(TamperError::PageTables(format!(
+            "the guest's status has no kernel.descriptor_tables.{table} (a kernel older than this tool)"
+        ))),
+    }
+}
 
 /// The root of the guest's page tables (CR3), as the guest reports it.
 fn page_table_root(status: &serde_json::Value) -> Result<u64, TamperError> {
@@ -397,13 +461,14 @@ fn leaf_entry(
 
 /// `GET /_tuk/status` from the guest, as JSON.
 fn guest_status(info: &InstanceInfo) -> Result<serde_json::Value, TamperError> {
+    // /_tuk/status is served on the admin listener only.
     let bad = |reason: String| TamperError::Status {
-        url: info.url.clone(),
+        url: info.admin.clone(),
         reason,
     };
-    let addr = info
-        .addr()
-        .ok_or_else(|| bad("instance.json's url is not http://IP:PORT".into()))?;
+    let addr = info.admin_addr().ok_or_else(|| {
+        bad("instance.json's admin is not http://IP:PORT (an instance from an older tuk?)".into())
+    })?;
     let reply =
         crate::health::get(addr, STATUS_PATH, STATUS_TIMEOUT).map_err(|e| bad(e.to_string()))?;
     if reply.status != 200 {
@@ -461,6 +526,20 @@ mod tests {
         assert_eq!("kernel:wx".parse::<Target>().unwrap(), Target::KernelWx);
         assert_eq!(Target::KernelWx.to_string(), "kernel:wx");
         for s in [
+            "kernel:x",
+            "kernel:alias",
+            "kernel:idt",
+            "kernel:gdt",
+            "kernel:tss",
+        ] {
+            assert_eq!(s.parse::<Target>().unwrap().to_string(), s);
+        }
+        assert!("kernel:x".parse::<Target>().unwrap().is_page_table_entry());
+        assert!(!"kernel:idt"
+            .parse::<Target>()
+            .unwrap()
+            .is_page_table_entry());
+        for s in [
             "kernel:data",
             "kernel",
             "component::code",
@@ -493,6 +572,28 @@ mod tests {
         assert!(e.to_string().contains("not mapped"), "{e}");
         let e = page_table_root(&serde_json::json!({"kernel": {}})).unwrap_err();
         assert!(e.to_string().contains("page_tables.root"), "{e}");
+    }
+
+    #[test]
+    fn page_table_attacks() {
+        let rw_nx = 0x40_5000 | PTE_PRESENT | PTE_WRITABLE | PTE_NO_EXECUTE;
+        assert_eq!(
+            rewrite_entry(&Target::KernelWx, rw_nx),
+            0x40_5000 | PTE_PRESENT | PTE_WRITABLE
+        );
+        assert_eq!(
+            rewrite_entry(&Target::KernelX, rw_nx),
+            0x40_5000 | PTE_PRESENT
+        );
+        assert_eq!(
+            rewrite_entry(&Target::KernelAlias, rw_nx),
+            0x40_6000 | PTE_PRESENT | PTE_WRITABLE | PTE_NO_EXECUTE
+        );
+        let status = serde_json::json!({"kernel": {"descriptor_tables": {
+            "idt": {"addr": 4096, "len": 4096, "sha256": "00"}}}});
+        assert_eq!(descriptor_table(&status, "idt").unwrap(), (4096, 4096));
+        let e = descriptor_table(&status, "gdt").unwrap_err();
+        assert!(e.to_string().contains("descriptor_tables.gdt"), "{e}");
     }
 
     #[test]

@@ -3,23 +3,39 @@
 //! Each test has its own vTPM state; they share the CA directory (swtpm_localca locks it) and
 //! nothing else, so they run in parallel. What they prove:
 //! - `resume_keeps_the_launchers_pcrs`: after the launcher's sequence (Startup(CLEAR), extend
-//!   PCR 4 and 5, Shutdown(STATE), swtpm stopped), a new swtpm on the same state, powered on
-//!   like QEMU does (CMD_INIT) and resumed like the guest does (Startup(STATE)), reports PCR 4
-//!   and 5 (read by `tpm2_pcrread`, an independent implementation) equal to the replay of the
-//!   launcher's event-log records.
-//! - `startup_clear_wipes_them`: a guest that sends Startup(CLEAR) instead finds them zero,
-//!   which is why the kernel must resume.
+//!   PCR 4 and 5, store the running TPM, swtpm stopped), a host-side inspection (a new swtpm on
+//!   the same state, started) reports PCR 4 and 5 (read by `tpm2_pcrread`, an independent
+//!   implementation) equal to the replay of the launcher's event-log records.
+//! - `a_guest_cannot_restart_the_tpm_to_forge_pcr_4_and_5` (review finding 1, the attack): the
+//!   swtpm `tuk run` gives QEMU, driven exactly as QEMU's tpm-emulator and a malicious guest
+//!   drive it (CMD_SET_DATAFD, CMD_STOP, CMD_SET_BUFFERSIZE, CMD_INIT; then TPM2_Startup(CLEAR)
+//!   and PCR 4/5 extends with a reference kernel's digests): Startup(CLEAR) is answered
+//!   TPM_RC_INITIALIZE, PCR 4/5 keep the launcher's values, and a quote of the forged log does
+//!   not verify (the verifier's `verify_quote`), while the honest log's does, with
+//!   restartCount 0.
 //! - `ek_certificates_chain_to_the_local_ca`: `openssl verify` of the EK certificates against
 //!   the CA's root and issuer certificates.
 //! - `second_launch_reuses_the_state`: no re-manufacturing, the same EK, PCRs from the new boot.
+//! - `state_is_private` / `unsafe_state_dirs_are_refused` (review finding 10): 0700 directories,
+//!   0600 state files; a symbolic link, a directory of another user or one open to others is
+//!   refused as a state directory.
+//! - `a_dead_tpm_shows_in_health` (real kernel under QEMU TCG): killing the swtpm of a running
+//!   instance turns health's `tpm` from `resumed` to `failed` within a bound.
 
+use std::io::{IoSlice, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tuk_launcher::measured::{self, BootConfig, LauncherMeasurements};
+use tuk_launcher::measured::{self, BootConfig, LauncherMeasurements, Record};
 use tuk_launcher::qemu::{self, Accel};
-use tuk_vtpm::{Manufactured, StartupType, Swtpm, Tools, VtpmPaths, SWTPM_TIMEOUT};
+use tuk_vtpm::{
+    Manufactured, SocketTransport, StartupType, Stream, Swtpm, Tools, Tpm, VtpmPaths, SWTPM_TIMEOUT,
+};
 
 fn test_root() -> PathBuf {
     std::env::temp_dir().join("tuk-vtpm-tests")
@@ -85,9 +101,10 @@ fn launch(state: &Path, m: &LauncherMeasurements) -> (Tools, VtpmPaths, Manufact
     (tools, paths, made)
 }
 
-/// A swtpm on the same state, powered on and started as a guest would (see
-/// `tuk_vtpm::spawn_for_inspection`). Returns it and its command port.
-fn guest(tools: &Tools, paths: &VtpmPaths, kind: StartupType) -> (Swtpm, u16) {
+/// A host-side inspection swtpm on the same state, from the permanent state (the launcher's
+/// Shutdown(STATE)) started with `kind` (see `tuk_vtpm::spawn_for_inspection`). Returns it and
+/// its command port.
+fn inspect(tools: &Tools, paths: &VtpmPaths, kind: StartupType) -> (Swtpm, u16) {
     tuk_vtpm::spawn_for_inspection(tools, paths, kind).unwrap()
 }
 
@@ -105,7 +122,7 @@ fn resume_keeps_the_launchers_pcrs() {
     assert_eq!(made, Manufactured::Created);
     assert!(paths.manufactured());
 
-    let (mut swtpm, port) = guest(&tools, &paths, StartupType::State);
+    let (mut swtpm, port) = inspect(&tools, &paths, StartupType::State);
     let pcrs = pcrread(port);
     // The event log the launcher hands on, serialized and read back like a verifier would.
     let records: Vec<measured::Record> = serde_json::from_slice(&m.eventlog_json()).unwrap();
@@ -127,17 +144,240 @@ fn resume_keeps_the_launchers_pcrs() {
     swtpm.kill();
 }
 
+use tuk_tpm::TPM_RC_INITIALIZE;
+
+/// QEMU's side of swtpm's control channel (QEMU 7.2 `backends/tpm/tpm_emulator.c`): hands swtpm
+/// the data channel (CMD_SET_DATAFD, one end of a socket pair passed with SCM_RIGHTS), then at
+/// machine reset CMD_STOP, CMD_SET_BUFFERSIZE and CMD_INIT with flags 0. Returns the control
+/// connection (kept open, as QEMU does) and QEMU's end of the data channel: the guest's TPM.
+fn act_as_qemu(ctrl_path: &Path) -> (UnixStream, Tpm<SocketTransport>) {
+    fn result(ctrl: &mut UnixStream, what: &str, extra: usize) {
+        let mut resp = vec![0u8; 4 + extra];
+        ctrl.read_exact(&mut resp).unwrap();
+        let rc = u32::from_be_bytes(resp[..4].try_into().unwrap());
+        assert_eq!(rc, 0, "{what} answered {rc:#x}");
+    }
+    let mut ctrl = UnixStream::connect(ctrl_path).unwrap();
+    ctrl.set_read_timeout(Some(SWTPM_TIMEOUT)).unwrap();
+    let (qemu_end, swtpm_end) = UnixStream::pair().unwrap();
+    // CMD_SET_DATAFD (16) with the descriptor in the ancillary data.
+    let fds = [swtpm_end.as_fd()];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = rustix::net::SendAncillaryBuffer::new(&mut space);
+    assert!(anc.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+    let cmd = 16u32.to_be_bytes();
+    rustix::net::sendmsg(
+        &ctrl,
+        &[IoSlice::new(&cmd)],
+        &mut anc,
+        rustix::net::SendFlags::empty(),
+    )
+    .unwrap();
+    result(&mut ctrl, "CMD_SET_DATAFD", 0);
+    drop(swtpm_end);
+    ctrl.write_all(&14u32.to_be_bytes()).unwrap(); // CMD_STOP
+    result(&mut ctrl, "CMD_STOP", 0);
+    let mut setbuf = 17u32.to_be_bytes().to_vec(); // CMD_SET_BUFFERSIZE
+    setbuf.extend(4096u32.to_be_bytes());
+    ctrl.write_all(&setbuf).unwrap();
+    result(&mut ctrl, "CMD_SET_BUFFERSIZE", 12);
+    let mut init = 2u32.to_be_bytes().to_vec(); // CMD_INIT, flags 0 (a normal boot)
+    init.extend(0u32.to_be_bytes());
+    ctrl.write_all(&init).unwrap();
+    result(&mut ctrl, "CMD_INIT", 0);
+    qemu_end.set_read_timeout(Some(SWTPM_TIMEOUT)).unwrap();
+    (ctrl, Tpm::new(SocketTransport::new(Stream::Unix(qemu_end))))
+}
+
+/// An AK (tuk's template) in `tpm` and a quote of PCRs 4, 5, 8, 9, 10 over `nonce`.
+fn quote(tpm: &mut Tpm<SocketTransport>, nonce: &[u8]) -> (tuk_attest::AkPublic, Vec<u8>, Vec<u8>) {
+    let ak = tpm
+        .create_primary(tuk_tpm::TPM_RH_ENDORSEMENT, tuk_tpm::KeyTemplate::Ak)
+        .unwrap();
+    let q = tpm.quote(ak.handle, nonce, &[4, 5, 8, 9, 10]).unwrap();
+    (
+        tuk_attest::AkPublic::parse(&ak.public).unwrap(),
+        q.attest.as_slice().to_vec(),
+        q.signature.as_slice().to_vec(),
+    )
+}
+
+/// PCRs 4, 5, 8, 9, 10 as a verifier expects them from a replayed log.
+fn quoted(records: &[Record]) -> Vec<(u32, [u8; 32])> {
+    let replay = measured::replay(records);
+    [4, 5, 8, 9, 10]
+        .iter()
+        .map(|&i| (i, replay.get(&i).copied().unwrap_or([0; 32])))
+        .collect()
+}
+
 #[test]
-fn startup_clear_wipes_them() {
-    let state = fresh_state("clear");
-    let m = measurements(b"another kernel image", "1700000000001");
-    let (tools, paths, _) = launch(&state, &m);
-    let (mut swtpm, port) = guest(&tools, &paths, StartupType::Clear);
-    let pcrs = pcrread(port);
-    assert_eq!(pcrs, [[0u8; 32]; 2], "Startup(CLEAR) resets PCR 4 and 5");
-    let replay = measured::replay(&m.records);
-    assert_ne!(pcrs[0], replay[&4]);
+fn a_guest_cannot_restart_the_tpm_to_forge_pcr_4_and_5() {
+    let state = fresh_state("attack");
+    // What `tuk run` measures for the image it boots: a modified kernel.
+    let booted = measurements(b"a MODIFIED kernel image", "1700000000001");
+    // What the attacker wants the verifier to believe: the signed reference image.
+    let reference = measurements(b"the SIGNED reference kernel image", "1700000000001");
+    let (tools, paths, _) = launch(&state, &booted);
+    let mut swtpm = tuk_vtpm::spawn_for_qemu(&tools, &paths).unwrap();
+    let (_ctrl, mut guest) = act_as_qemu(&paths.qemu_ctrl);
+
+    // The guest tries a TPM Reset/Restart: refused, the host started the TPM already.
+    let clear = guest.startup(StartupType::Clear).unwrap_err();
+    assert_eq!(
+        clear.code(),
+        Some(TPM_RC_INITIALIZE),
+        "Startup(CLEAR): {clear}"
+    );
+    let resume = guest.startup(StartupType::State).unwrap_err();
+    assert_eq!(
+        resume.code(),
+        Some(TPM_RC_INITIALIZE),
+        "Startup(STATE): {resume}"
+    );
+    let launcher = measured::replay(&booted.records);
+    assert_eq!(
+        guest.pcr_read(4).unwrap(),
+        launcher[&4],
+        "PCR 4 is the launcher's"
+    );
+    assert_eq!(
+        guest.pcr_read(5).unwrap(),
+        launcher[&5],
+        "PCR 5 is the launcher's"
+    );
+
+    // It extends the reference digests anyway and presents the reference records as its log.
+    for (pcr, digest) in reference.extends() {
+        guest.pcr_extend(pcr, &digest).unwrap();
+    }
+    let forged = measured::replay(&reference.records);
+    assert_ne!(guest.pcr_read(4).unwrap(), forged[&4]);
+    assert_ne!(guest.pcr_read(5).unwrap(), forged[&5]);
+    let nonce = b"verifier nonce 0123456789abcdef";
+    let (ak, attest, sig) = quote(&mut guest, nonce);
+    let refused = tuk_attest::verify_quote(&ak, &attest, &sig, nonce, &quoted(&reference.records));
+    assert!(
+        matches!(refused, Err(tuk_attest::QuoteError::PcrDigest { .. })),
+        "the forged log must not verify: {refused:?}"
+    );
+    drop(guest);
     swtpm.kill();
+}
+
+#[test]
+fn the_honest_guest_quotes_the_launchers_pcrs_with_restart_count_0() {
+    let state = fresh_state("honest");
+    let m = measurements(b"the kernel image", "1700000000002");
+    let (tools, paths, _) = launch(&state, &m);
+    let mut swtpm = tuk_vtpm::spawn_for_qemu(&tools, &paths).unwrap();
+    let (_ctrl, mut guest) = act_as_qemu(&paths.qemu_ctrl);
+    // What host-kernel/src/measured.rs does: Startup(STATE), TPM_RC_INITIALIZE = resumed.
+    let e = guest.startup(StartupType::State).unwrap_err();
+    assert_eq!(e.code(), Some(TPM_RC_INITIALIZE), "{e}");
+    let nonce = b"another verifier nonce";
+    let (ak, attest, sig) = quote(&mut guest, nonce);
+    let info = tuk_attest::verify_quote(&ak, &attest, &sig, nonce, &quoted(&m.records))
+        .unwrap_or_else(|e| panic!("the launcher's log must verify: {e}"));
+    eprintln!(
+        "honest boot: resetCount {}, restartCount {}, safe {}",
+        info.clock.reset_count, info.clock.restart_count, info.clock.safe
+    );
+    assert_eq!(
+        info.clock.restart_count, 0,
+        "no TPM2_Startup after the launcher's"
+    );
+    drop(guest);
+    swtpm.kill();
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn state_is_private() {
+    let state = fresh_state("private");
+    let m = measurements(b"k", "5");
+    let (tools, paths, _) = launch(&state, &m);
+    let swtpm = tuk_vtpm::spawn_for_qemu(&tools, &paths).unwrap();
+    for dir in [&paths.state, &paths.config, &paths.certs] {
+        assert_eq!(mode(dir), 0o700, "{}", dir.display());
+    }
+    let mut files = 0;
+    for entry in std::fs::read_dir(&paths.state).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            files += 1;
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+    }
+    assert!(
+        paths.state.join("tpm2-00.permall").is_file()
+            && paths.state.join("tpm2-00.volatilestate").is_file(),
+        "the permanent and the stored running state"
+    );
+    assert!(files >= 2);
+    assert_eq!(mode(&paths.log), 0o600);
+    drop(swtpm);
+
+    // The launcher's state directory: created 0700.
+    let dir = state.join("instance");
+    tuk_launcher::instance::prepare_state_dir(&dir).unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    // Accepted again (a second run on the same directory).
+    tuk_launcher::instance::prepare_state_dir(&dir).unwrap();
+}
+
+#[test]
+fn unsafe_state_dirs_are_refused() {
+    let root = fresh_state("unsafe");
+    let refused = |dir: &Path, why: &str| {
+        let e = tuk_launcher::instance::prepare_state_dir(dir)
+            .expect_err(&format!("{} must be refused", dir.display()))
+            .to_string();
+        assert!(e.contains(why) && e.contains("refusing"), "{e}");
+    };
+    // A symbolic link another user planted, to a directory that is otherwise fine.
+    let target = root.join("target");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = root.join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    refused(&link, "symbolic link");
+    // Open to others.
+    let open = root.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    refused(&open, "0755");
+    // Another user's, even if 0700.
+    let foreign = root.join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    let other = if me == 65534 { 65533 } else { 65534 };
+    let chown = Command::new("chown")
+        .arg(other.to_string())
+        .arg(&foreign)
+        .output()
+        .unwrap();
+    assert!(
+        chown.status.success(),
+        "this test needs to create a directory of another user (run as root): {}",
+        String::from_utf8_lossy(&chown.stderr)
+    );
+    refused(&foreign, &format!("uid {other}"));
+    // And the vTPM's own directory, swapped for one open to others after manufacture.
+    let (tools, paths, _) = launch(&root.join("vtpm"), &measurements(b"k", "6"));
+    std::fs::set_permissions(&paths.state, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let e = tuk_vtpm::spawn_for_qemu(&tools, &paths)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("0750") && e.contains("refusing"), "{e}");
 }
 
 #[test]
@@ -155,7 +395,7 @@ fn second_launch_reuses_the_state() {
         std::fs::read(paths.certs.join("ek-rsa2048.crt")).unwrap(),
         ek
     );
-    let (mut swtpm, port) = guest(&tools, &paths, StartupType::State);
+    let (mut swtpm, port) = inspect(&tools, &paths, StartupType::State);
     let pcrs = pcrread(port);
     let replay = measured::replay(&second.records);
     assert_eq!(
@@ -206,4 +446,75 @@ fn ek_certificates_chain_to_the_local_ca() {
             String::from_utf8_lossy(&verify.stderr)
         );
     }
+}
+
+/// `GET /_tuk/health` as JSON.
+fn health_json(vm: &tuk_launcher::Instance) -> serde_json::Value {
+    let reply = tuk_launcher::health::get(
+        vm.addr(),
+        tuk_launcher::health::HEALTH_PATH,
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|e| panic!("health: {e}"));
+    assert_eq!(reply.status, 200);
+    serde_json::from_slice(&reply.body).unwrap()
+}
+
+#[test]
+fn a_dead_tpm_shows_in_health() {
+    let kernel = tuk_launcher::kernel::default_image()
+        .unwrap_or_else(|e| panic!("cannot locate the kernel image ({e}); run `tuk kernel build`"));
+    assert!(
+        kernel.is_file(),
+        "kernel image {} does not exist: run `tuk kernel build` first (or set TUK_KERNEL)",
+        kernel.display()
+    );
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let root = fresh_state("dead-tpm");
+    let mut cfg = tuk_launcher::RunConfig::new(kernel, listen);
+    cfg.accel = Accel::Tcg;
+    cfg.vtpm_ca_dir = ca_dir();
+    cfg.state_dir = root.join("state");
+    let mut vm = tuk_launcher::Instance::start(cfg).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(health_json(&vm)["tpm"], "resumed");
+
+    // The launcher's files are private, and QEMU loads the measured copy.
+    let state = vm.state_dir().to_owned();
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("boot")), 0o700);
+    assert_eq!(mode(vm.kernel_image()), 0o600);
+    assert_eq!(mode(&state.join("boot/initrd.pack")), 0o600);
+    assert_eq!(
+        measured::hex(&measured::sha256(
+            &std::fs::read(vm.kernel_image()).unwrap()
+        )),
+        vm.info().kernel_sha256
+    );
+
+    let pid = vm.swtpm_pid().expect("swtpm runs behind QEMU");
+    let kill = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let killed = Instant::now();
+    let bound = Duration::from_secs(10);
+    let mut last = serde_json::Value::Null;
+    while killed.elapsed() < bound {
+        last = health_json(&vm);
+        if last["tpm"] == "failed" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "health reports tpm {} {} ms after swtpm was killed",
+        last["tpm"],
+        killed.elapsed().as_millis()
+    );
+    assert_eq!(last["tpm"], "failed", "within {bound:?}: {last}");
+    let exit = vm.shutdown(Duration::from_secs(10)).unwrap();
+    eprintln!("exit: {exit}");
 }

@@ -240,6 +240,27 @@ impl<P: Probe> Instance<P> {
         }
     }
 
+    /// Starts the component from `kv` instead of empty kv data (a new version taking over the
+    /// data of the one it replaces). Call before the first [`Instance::instantiate`].
+    pub fn with_kv(mut self, kv: KvStore) -> Self {
+        if let Some((parked, _)) = self.parked.as_mut() {
+            *parked = kv;
+        }
+        self
+    }
+
+    /// The component's kv data and configuration (the live instance's, or the parked ones).
+    pub fn state(&self) -> Option<(&KvStore, &BTreeMap<String, String>)> {
+        match (&self.live, &self.parked) {
+            (Some(live), _) => {
+                let data = live.store.data();
+                Some((&data.kv, &data.config))
+            }
+            (None, Some((kv, config))) => Some((kv, config)),
+            (None, None) => None,
+        }
+    }
+
     /// Builds an instance in a fresh `Store` from the parked kv data and configuration. On
     /// failure they stay parked and the reason is kept in `broken` (and returned).
     pub fn instantiate(&mut self) -> Result<(), String> {

@@ -29,14 +29,25 @@ pub const LOG_MAX_BYTES: usize = 2048;
 /// Most random bytes one `get-random-bytes` call returns.
 pub const RANDOM_MAX_BYTES: u32 = 64 * 1024;
 
-/// A component's private key-value data (outlives its instances).
-#[derive(Default)]
+/// A component's private key-value data (outlives its instances, and by default a runtime
+/// publish of a new version: the new instance starts from a copy).
+#[derive(Clone, Default)]
 pub struct KvStore {
     map: BTreeMap<String, Vec<u8>>,
     bytes: usize,
 }
 
 impl KvStore {
+    /// Number of keys held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True if no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
         if key.is_empty() || key.len() > KV_MAX_KEY_BYTES {
             return Err(alloc::format!("keys are 1 to {KV_MAX_KEY_BYTES} bytes"));

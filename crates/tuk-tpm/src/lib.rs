@@ -100,6 +100,10 @@ impl TpmError {
     }
 }
 
+/// TPM_RC_INITIALIZE: a command before TPM2_Startup, or TPM2_Startup to a started TPM. tuk's
+/// kernel reads it on its TPM2_Startup(STATE) as "started by the host" (docs/measurement.md).
+pub const TPM_RC_INITIALIZE: u32 = 0x100;
+
 /// A response code, decoded (TPM 2.0 Part 2, 6.6): its name, and for a format-1 error which
 /// handle, session or parameter it is about.
 struct Rc(u32);
@@ -107,7 +111,9 @@ struct Rc(u32);
 /// Format-0 errors (TPM_RC_VER1 + n) and warnings (TPM_RC_WARN + n).
 fn rc_format0_name(code: u32) -> Option<&'static str> {
     Some(match code {
-        0x100 => "TPM_RC_INITIALIZE (TPM not started: send TPM2_Startup first)",
+        0x100 => {
+            "TPM_RC_INITIALIZE (TPM2_Startup missing, or a TPM2_Startup to a TPM already started)"
+        }
         0x101 => "TPM_RC_FAILURE (TPM in failure mode)",
         0x103 => "TPM_RC_SEQUENCE",
         0x10b => "TPM_RC_PRIVATE",
@@ -365,7 +371,8 @@ impl<T: Transport> Tpm<T> {
         params.ok_or(TpmError::Unexpected("response parameters out of bounds"))
     }
 
-    /// TPM2_Startup.
+    /// TPM2_Startup. On a TPM that is already started (by tuk's launcher, which hands QEMU a
+    /// started vTPM) the TPM answers [`TPM_RC_INITIALIZE`] and nothing changes.
     pub fn startup(&mut self, kind: StartupType) -> Result<(), TpmError> {
         let startup_type = match kind {
             StartupType::Clear => TpmSu::Clear,

@@ -1,7 +1,13 @@
 //! The REST API (docs/verifier.openapi.yaml is the contract). Every answer is JSON but
 //! `/metrics` (Prometheus text) and the OpenAPI document (YAML); errors are
-//! `{"error": "<what to do>"}` with 400, 404, 405, 409, 422 (registration refused), 502 (the
-//! instance could not be reached) or 500 (storage).
+//! `{"error": "<what to do>"}` with 400, 401 (no or an unknown bearer token), 403 (the token's
+//! scope is too small), 404, 405, 409, 422 (registration refused), 502 (the instance could
+//! not be reached) or 500 (storage).
+//!
+//! Access ([`crate::auth`]): `GET /healthz`, `/metrics`, `/v1/key` and `/v1/openapi.yaml` are
+//! open; the other GET routes need a `read` token (or none with `--read-anonymous`), except
+//! `GET /v1/webhooks` (hook URLs often carry secrets) which needs `admin`; every other
+//! method needs an `admin` token.
 
 use std::sync::Arc;
 
@@ -9,18 +15,29 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tuk_httpd::{Request, Response};
 
-use crate::{ServiceError, Verifier};
+use crate::auth::{Caller, Denied, Scope, Tokens};
+use crate::{Registration, ServiceError, Verifier};
+
+/// Who may use the API.
+pub struct Access {
+    pub tokens: Tokens,
+    /// Let the `read` routes in without a token.
+    pub read_anonymous: bool,
+}
+
+/// The scope a request needs; None: open to all.
+pub fn required_scope(method: &str, path: &str) -> Option<Scope> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        ("GET", ["healthz" | "metrics"] | ["v1", "key" | "openapi.yaml"]) => None,
+        ("GET", ["v1", "webhooks", ..]) => Some(Scope::Admin),
+        ("GET", _) => Some(Scope::Read),
+        _ => Some(Scope::Admin),
+    }
+}
 
 /// The OpenAPI document, served at `GET /v1/openapi.yaml`.
 pub const OPENAPI: &str = include_str!("../../../docs/verifier.openapi.yaml");
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Registration {
-    url: String,
-    #[serde(default)]
-    id: Option<String>,
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,12 +91,52 @@ fn body<T: for<'de> Deserialize<'de>>(req: &Request) -> Result<T, ServiceError> 
     })
 }
 
-/// The request handler.
-pub fn handler(v: Arc<Verifier>) -> Arc<tuk_httpd::Handler> {
-    Arc::new(move |req: &Request| route(&v, req).unwrap_or_else(|e| error(&e)))
+/// The request handler: authentication, then the routes.
+pub fn handler(v: Arc<Verifier>, access: Access) -> Arc<tuk_httpd::Handler> {
+    Arc::new(move |req: &Request| {
+        let need = required_scope(&req.method, &req.path);
+        let caller =
+            match access
+                .tokens
+                .check(req.header("authorization"), need, access.read_anonymous)
+            {
+                Ok(c) => c,
+                Err(denied) => {
+                    v.metrics().auth_refused();
+                    return refused(denied, need);
+                }
+            };
+        route(&v, req, &caller).unwrap_or_else(|e| error(&e))
+    })
 }
 
-fn route(v: &Verifier, req: &Request) -> Result<Response, ServiceError> {
+/// 401 (with the challenge) or 403.
+fn refused(denied: Denied, need: Option<Scope>) -> Response {
+    let scope = need.map_or("read", Scope::as_str);
+    match denied {
+        Denied::Unauthenticated => Response::error(
+            401,
+            &format!(
+                "this needs a bearer token with the {scope} scope (Authorization: Bearer TOKEN); \
+                 the first admin token is in the verifier's STATE_DIR/admin.token, \
+                 `tuk verifier token` makes more"
+            ),
+        )
+        .with_header("WWW-Authenticate", "Bearer realm=\"tuk-verifier\""),
+        Denied::Forbidden => Response::error(
+            403,
+            &format!("this needs a token with the {scope} scope; this token's is too small"),
+        )
+        .with_header(
+            "WWW-Authenticate",
+            &format!(
+                "Bearer realm=\"tuk-verifier\", error=\"insufficient_scope\", scope=\"{scope}\""
+            ),
+        ),
+    }
+}
+
+fn route(v: &Verifier, req: &Request, caller: &Caller) -> Result<Response, ServiceError> {
     let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     let m = req.method.as_str();
     Ok(match (m, segments.as_slice()) {
@@ -97,7 +154,7 @@ fn route(v: &Verifier, req: &Request) -> Result<Response, ServiceError> {
         ("GET", ["v1", "config"]) => ok(
             200,
             &json!({
-                "interval_ms": v.interval().as_millis() as u64,
+                "interval_ms": v.interval_ms(),
                 "store": v.store().kind(),
                 "ear_key": v.signer().keyid(),
             }),
@@ -105,11 +162,12 @@ fn route(v: &Verifier, req: &Request) -> Result<Response, ServiceError> {
         ("GET", ["v1", "instances"]) => ok(200, &json!({"instances": v.list()})),
         ("POST", ["v1", "instances"]) => {
             let r: Registration = body(req)?;
-            ok(201, &v.register(&r.url, r.id.as_deref())?)
+            let done = v.register(&r, &caller.id)?;
+            ok(if done["replaced"] == true { 200 } else { 201 }, &done)
         }
         ("GET", ["v1", "instances", id]) => ok(200, &v.get(id)?),
         ("DELETE", ["v1", "instances", id]) => {
-            v.remove(id)?;
+            v.remove(id, &caller.id)?;
             Response::new(204)
         }
         ("GET", ["v1", "instances", id, "results"]) => {
@@ -117,6 +175,10 @@ fn route(v: &Verifier, req: &Request) -> Result<Response, ServiceError> {
             ok(200, &v.history(id, limit, int_param(req, "before")?)?)
         }
         ("POST", ["v1", "instances", id, "attest"]) => ok(200, &v.attest_now(id)?),
+        ("GET", ["v1", "audit"]) => {
+            let limit = int_param(req, "limit")?.unwrap_or(100);
+            ok(200, &v.audit_log(query_param(req, "instance"), limit)?)
+        }
         ("GET", ["v1", "webhooks"]) => {
             let hooks: Vec<Value> = v
                 .store()
@@ -128,10 +190,13 @@ fn route(v: &Verifier, req: &Request) -> Result<Response, ServiceError> {
         }
         ("POST", ["v1", "webhooks"]) => {
             let w: Webhook = body(req)?;
-            if !w.url.starts_with("http://") && !w.url.starts_with("https://") {
-                return Err(ServiceError::BadRequest(
-                    "a webhook url must be http:// or https://".into(),
-                ));
+            crate::webhook::check_target(&w.url, v.webhook_allow_private())
+                .map_err(ServiceError::BadRequest)?;
+            if v.store().webhooks()?.len() >= crate::webhook::MAX_WEBHOOKS {
+                return Err(ServiceError::Conflict(format!(
+                    "the verifier has {} webhooks, its limit: delete one first",
+                    crate::webhook::MAX_WEBHOOKS
+                )));
             }
             let id = tuk_measure::hex(&tuk_attest::attester::random_bytes(8));
             v.store().add_webhook(&id, &w.url, crate::now_ms())?;
@@ -144,7 +209,7 @@ fn route(v: &Verifier, req: &Request) -> Result<Response, ServiceError> {
             Response::new(204)
         }
         (_, ["healthz" | "metrics"])
-        | (_, ["v1", "openapi.yaml" | "key" | "config" | "instances" | "webhooks"])
+        | (_, ["v1", "openapi.yaml" | "key" | "config" | "instances" | "webhooks" | "audit"])
         | (_, ["v1", "instances", _])
         | (_, ["v1", "instances", _, "results" | "attest"])
         | (_, ["v1", "webhooks", _]) => {

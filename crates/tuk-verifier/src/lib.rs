@@ -9,32 +9,47 @@
 //!   ([`tuk_attest::quote`]): the signed kernel reference, the trust policy of the signed
 //!   component bundles. Each result is an EAR claims set signed as a JWT ([`ear`]) and stored
 //!   with its status; an instance that cannot be reached gets an `unavailable` record.
+//!   The signed claims name what was attested (`tuk_url`, `tuk_service_url`, `tuk_ak_name`)
+//!   and until when the result may be relied on (`exp`: `iat` + 2 intervals).
+//! - **Binding**: one AK is registered under one id only; re-pointing an id needs
+//!   `"replace": true` and is recorded in the audit log, as are registrations and deletions.
+//! - **TPM counters**: the last quote's reset count, restart count and clock are kept per AK;
+//!   a quote that goes back (a lower reset count, or the same reset count with a lower restart
+//!   count or a lower clock) is a rollback and the result contraindicated.
 //! - **Notifications**: when an instance's status changes, every webhook gets a POST
-//!   (retried with backoff, on a thread of its own so a slow hook delays no attestation).
+//!   ([`webhook`]: public targets only by default, one delivery thread and a bounded queue
+//!   per hook, so a slow hook delays no attestation and no other hook).
+//! - **Access**: bearer tokens with a scope ([`auth`]); the API checks them ([`api`]).
 //! - **State** lives in the [`store::Store`] (SQLite file or PostgreSQL): a restarted
 //!   verifier reloads its instances (re-checking their stored identities), history and
 //!   webhooks, and goes on.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod ear;
 pub mod metrics;
 pub mod store;
+pub mod webhook;
 
 use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tuk_attest::appraise::VerifiedIdentity;
 use tuk_attest::evidence::Identity;
+use tuk_attest::result::{value, AttestationResult, Claim};
 use tuk_attest::{Attester, HttpAttester, References};
 
 use crate::ear::EarSigner;
 use crate::metrics::Metrics;
-use crate::store::{InstanceRow, ResultRow, Store, StoreError};
+use crate::store::{AuditRow, InstanceRow, ResultRow, Store, StoreError};
+use crate::webhook::Delivery;
 
 /// Status of an instance with no result yet.
 pub const PENDING: &str = "pending";
@@ -53,6 +68,34 @@ pub struct Config {
     pub timeout: Duration,
     /// Results older than this are deleted (each instance's latest is kept); None keeps all.
     pub retention: Option<Duration>,
+    /// Instances registered at most.
+    pub max_instances: usize,
+    /// Allow webhooks to loopback, private, link-local and multicast addresses.
+    pub webhook_allow_private: bool,
+}
+
+/// `POST /v1/instances`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// The URL attestation talks to (the instance's admin URL).
+    pub url: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The instance's service URL (what a gateway forwards to).
+    #[serde(default)]
+    pub service_url: Option<String>,
+    /// Re-point an existing id (recorded in the audit log).
+    #[serde(default)]
+    pub replace: bool,
+}
+
+/// The TPM's counters in a quote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TpmClock {
+    reset_count: u64,
+    restart_count: u64,
+    clock: u64,
 }
 
 /// An instance as the service tracks it.
@@ -63,7 +106,11 @@ struct Live {
     identity: Result<VerifiedIdentity, String>,
     latest: Option<ResultRow>,
     due: Instant,
-    busy: bool,
+    /// Set while an attestation runs: the generation it began for. A replacement keeps it,
+    /// so no second attestation of the same TPM starts before that one ends.
+    busy: Option<u64>,
+    /// Changes on every replacement: an attestation that began before does not update it.
+    generation: u64,
 }
 
 /// A status change, for the webhooks.
@@ -79,10 +126,13 @@ pub struct Verifier {
     cfg: Config,
     store: Store,
     signer: EarSigner,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     instances: RwLock<BTreeMap<String, Live>>,
     changes: Mutex<Sender<Change>>,
     started: Instant,
+    /// The last quote's TPM counters per AK name (hex).
+    clocks: Mutex<BTreeMap<String, TpmClock>>,
+    generations: std::sync::atomic::AtomicU64,
 }
 
 /// Errors a caller can act on.
@@ -105,7 +155,18 @@ pub enum ServiceError {
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Checks a URL a client registers: `http(s)://`, at most 2048 bytes.
+fn check_url(what: &str, url: &str) -> Result<(), ServiceError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
+        return Err(ServiceError::BadRequest(format!(
+            "{what} {:?} is not an http:// or https:// URL of an instance (at most 2048 bytes)",
+            url.chars().take(100).collect::<String>()
+        )));
+    }
+    Ok(())
 }
 
 /// A valid instance id: what a client may choose (`[a-z0-9-]`, 1-63 characters).
@@ -122,12 +183,18 @@ impl Verifier {
         signer: EarSigner,
     ) -> Result<Arc<Verifier>, StoreError> {
         let (tx, rx) = mpsc::channel();
-        let metrics = Metrics::default();
+        let metrics = Arc::new(Metrics::default());
         let mut instances = BTreeMap::new();
-        for row in store.instances()? {
+        for mut row in store.instances()? {
             let identity = restore_identity(&row, &cfg.refs);
             if let Err(e) = &identity {
                 eprintln!("tuk-verifier: instance {}: {e}", row.id);
+            }
+            if row.ak_name.is_empty() {
+                // Registered by an older verifier: the AK's name from its stored identity.
+                if let Ok(v) = &identity {
+                    row.ak_name = tuk_measure::hex(&v.ak.name());
+                }
             }
             let latest = store.results(&row.id, 1, None)?.into_iter().next();
             instances.insert(
@@ -137,10 +204,26 @@ impl Verifier {
                     identity,
                     latest,
                     due: Instant::now(),
-                    busy: false,
+                    busy: None,
+                    generation: 0,
                 },
             );
         }
+        let clocks = store
+            .tpm_clocks()?
+            .into_iter()
+            .map(|(ak, reset_count, restart_count, clock)| {
+                (
+                    ak,
+                    TpmClock {
+                        reset_count,
+                        restart_count,
+                        clock,
+                    },
+                )
+            })
+            .collect();
+        let delivery = Delivery::new(cfg.webhook_allow_private, cfg.timeout, Arc::clone(&metrics));
         let v = Arc::new(Verifier {
             cfg,
             store,
@@ -149,8 +232,10 @@ impl Verifier {
             instances: RwLock::new(instances),
             changes: Mutex::new(tx),
             started: Instant::now(),
+            clocks: Mutex::new(clocks),
+            generations: std::sync::atomic::AtomicU64::new(1),
         });
-        spawn_notifier(Arc::clone(&v), rx);
+        spawn_notifier(Arc::clone(&v), rx, delivery);
         spawn_scheduler(Arc::clone(&v));
         Ok(v)
     }
@@ -175,28 +260,61 @@ impl Verifier {
         self.started.elapsed()
     }
 
-    /// Registers the instance at `url` as `id` (a random id when None).
-    pub fn register(&self, url: &str, id: Option<&str>) -> Result<Value, ServiceError> {
-        let id = match id {
+    /// Whether webhooks may target private addresses.
+    pub fn webhook_allow_private(&self) -> bool {
+        self.cfg.webhook_allow_private
+    }
+
+    fn audit(&self, instance: &str, action: &str, actor: &str, detail: Value) {
+        let row = AuditRow {
+            at: now_ms(),
+            instance: instance.to_owned(),
+            action: action.to_owned(),
+            actor: actor.to_owned(),
+            detail: detail.to_string(),
+        };
+        if let Err(e) = self.store.add_audit(&row) {
+            self.metrics.store_error();
+            eprintln!("tuk-verifier: cannot store the audit record {action} {instance}: {e}");
+        }
+    }
+
+    /// The audit log, newest first (of one instance if given).
+    pub fn audit_log(&self, instance: Option<&str>, limit: i64) -> Result<Value, ServiceError> {
+        let rows = self.store.audit(instance, limit.clamp(1, 1000))?;
+        let records: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "at": r.at,
+                    "instance": r.instance,
+                    "action": r.action,
+                    "actor": r.actor,
+                    "detail": serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null),
+                })
+            })
+            .collect();
+        Ok(json!({"audit": records}))
+    }
+
+    /// Registers the instance at `r.url` as `r.id` (a random id when None) on behalf of
+    /// `actor` (a token id, for the audit log).
+    pub fn register(&self, r: &Registration, actor: &str) -> Result<Value, ServiceError> {
+        let id = match &r.id {
             Some(id) if !valid_id(id) => {
                 return Err(ServiceError::BadRequest(format!(
                     "id {id:?} is not valid: use [a-z0-9-], 1 to 63 characters"
                 )))
             }
-            Some(id) => id.to_owned(),
+            Some(id) => id.clone(),
             None => tuk_measure::hex(&tuk_attest::attester::random_bytes(8)),
         };
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
-            return Err(ServiceError::BadRequest(format!(
-                "url {:?} is not an http:// URL of an instance",
-                url.chars().take(100).collect::<String>()
-            )));
+        let url = r.url.as_str();
+        check_url("url", url)?;
+        if let Some(s) = &r.service_url {
+            check_url("service_url", s)?;
         }
-        if self.read().contains_key(&id) {
-            return Err(ServiceError::Conflict(format!(
-                "instance {id} is registered already: DELETE /v1/instances/{id} first"
-            )));
-        }
+        self.may_register(&id, r.replace)?;
         let mut attester = HttpAttester::new(url, self.cfg.timeout);
         let identity = attester
             .identity()
@@ -208,41 +326,126 @@ impl Verifier {
                     self.metrics.registration(false);
                     ServiceError::Refused(r.to_string())
                 })?;
-        self.metrics.registration(true);
+        let ak_name = tuk_measure::hex(&verified.ak.name());
         let row = InstanceRow {
             id: id.clone(),
             url: url.to_owned(),
             registered_at: now_ms(),
             identity: identity.to_json().to_string(),
+            service_url: r.service_url.clone(),
+            ak_name: ak_name.clone(),
         };
-        self.store.put_instance(&row)?;
-        let ak_name = tuk_measure::hex(&verified.ak.name());
+        // Checked again under the lock: nothing may have changed since may_register.
         let mut map = self.write();
-        if map.contains_key(&id) {
+        self.may_register_locked(&map, &id, r.replace)?;
+        if let Some((other, _)) = map
+            .iter()
+            .find(|(other, l)| **other != id && l.row.ak_name == ak_name)
+        {
             return Err(ServiceError::Conflict(format!(
-                "instance {id} was registered meanwhile"
+                "this instance (AK {ak_name}) is registered already as instance {other}: one \
+                 instance is registered under one id only (DELETE /v1/instances/{other} first)"
             )));
         }
-        map.insert(
+        self.store.put_instance(&row)?;
+        self.metrics.registration(true);
+        let generation = self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let busy = map.get(&id).and_then(|l| l.busy);
+        let old = map.insert(
             id.clone(),
             Live {
-                row,
+                row: row.clone(),
                 identity: Ok(verified),
                 latest: None,
                 due: Instant::now(),
-                busy: false,
+                busy,
+                generation,
             },
         );
         drop(map);
-        Ok(json!({"id": id, "url": url, "ak_name": ak_name, "status": PENDING}))
+        let replaced = old.is_some();
+        let new = json!({"url": row.url, "service_url": row.service_url, "ak_name": ak_name});
+        match old {
+            Some(old) => self.audit(
+                &id,
+                "replace",
+                actor,
+                json!({
+                    "old": {
+                        "url": old.row.url,
+                        "service_url": old.row.service_url,
+                        "ak_name": old.row.ak_name,
+                        "registered_at": old.row.registered_at,
+                    },
+                    "new": new,
+                }),
+            ),
+            None => self.audit(&id, "register", actor, json!({"new": new})),
+        }
+        Ok(json!({
+            "id": id,
+            "url": url,
+            "service_url": row.service_url,
+            "ak_name": ak_name,
+            "status": PENDING,
+            "replaced": replaced,
+        }))
     }
 
-    /// Forgets an instance and its history.
-    pub fn remove(&self, id: &str) -> Result<(), ServiceError> {
-        if self.write().remove(id).is_none() {
-            return Err(not_found(id));
+    /// Whether `id` may be (re-)registered now; before the instance is contacted.
+    fn may_register(&self, id: &str, replace: bool) -> Result<(), ServiceError> {
+        self.may_register_locked(&self.read(), id, replace)
+    }
+
+    fn may_register_locked(
+        &self,
+        map: &BTreeMap<String, Live>,
+        id: &str,
+        replace: bool,
+    ) -> Result<(), ServiceError> {
+        match map.get(id) {
+            Some(l) if !replace => Err(ServiceError::Conflict(format!(
+                "instance {id} is registered already (url {}): send \"replace\": true to \
+                 re-point it (recorded in the audit log), or DELETE /v1/instances/{id} first",
+                l.row.url
+            ))),
+            Some(_) => Ok(()),
+            None if map.len() >= self.cfg.max_instances => Err(ServiceError::Conflict(format!(
+                "the verifier has {} instances registered, its limit (--max-instances): \
+                 delete one first or raise the limit",
+                map.len()
+            ))),
+            None => Ok(()),
         }
+    }
+
+    /// Forgets an instance on behalf of `actor`. Its results stay in the store (they age out
+    /// with the retention) and an audit record keeps what was registered and its last result.
+    pub fn remove(&self, id: &str, actor: &str) -> Result<(), ServiceError> {
+        let Some(old) = self.write().remove(id) else {
+            return Err(not_found(id));
+        };
         self.store.delete_instance(id)?;
+        self.audit(
+            id,
+            "delete",
+            actor,
+            json!({
+                "old": {
+                    "url": old.row.url,
+                    "service_url": old.row.service_url,
+                    "ak_name": old.row.ak_name,
+                    "registered_at": old.row.registered_at,
+                },
+                "last_result": old.latest.as_ref().map(|r| json!({
+                    "seq": r.seq,
+                    "at": r.at,
+                    "status": r.status,
+                })),
+            }),
+        );
         Ok(())
     }
 
@@ -279,12 +482,12 @@ impl Verifier {
         {
             let mut map = self.write();
             let live = map.get_mut(id).ok_or_else(|| not_found(id))?;
-            if live.busy {
+            if live.busy.is_some() {
                 return Err(ServiceError::Conflict(format!(
                     "instance {id} is being attested right now; retry"
                 )));
             }
-            live.busy = true;
+            live.busy = Some(live.generation);
         }
         let row = self.attest_one(id);
         Ok(result_json(&row))
@@ -300,12 +503,19 @@ impl Verifier {
         json!({
             "id": l.row.id,
             "url": l.row.url,
+            "service_url": l.row.service_url,
+            "ak_name": l.row.ak_name,
             "registered_at": l.row.registered_at,
             "status": status,
             "at": at,
-            "interval_ms": self.cfg.interval.as_millis() as u64,
+            "interval_ms": self.interval_ms(),
             "identity_error": l.identity.as_ref().err(),
         })
+    }
+
+    /// The attestation interval in ms.
+    pub fn interval_ms(&self) -> u64 {
+        u64::try_from(self.cfg.interval.as_millis()).unwrap_or(u64::MAX)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Live>> {
@@ -327,7 +537,8 @@ impl Verifier {
     }
 
     /// One attestation of `id` (which the caller marked busy): quote, appraise, sign, store,
-    /// notify. Never fails: an error becomes an `unavailable` record.
+    /// notify. Never fails: an error, and a panic anywhere in the attestation, becomes an
+    /// `unavailable` record.
     fn attest_one(&self, id: &str) -> ResultRow {
         let Some(live) = self.read().get(id).cloned() else {
             return ResultRow {
@@ -340,29 +551,29 @@ impl Verifier {
             };
         };
         let started = Instant::now();
-        let outcome = match &live.identity {
-            Err(e) => Err(e.clone()),
-            Ok(identity) => {
-                let mut attester = HttpAttester::new(&live.row.url, self.cfg.timeout);
-                tuk_attest::quote(&mut attester, identity, &self.cfg.refs)
-                    .map_err(|e| e.to_string())
-            }
-        };
+        let outcome =
+            catch_unwind(AssertUnwindSafe(|| self.appraise(id, &live))).unwrap_or_else(|panic| {
+                self.metrics.panic();
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                eprintln!("tuk-verifier: the attestation of {id} panicked: {what}");
+                Err(format!(
+                    "the attestation failed inside the verifier (a panic: {what}); it is retried \
+                     next interval"
+                ))
+            });
         let mut row = match outcome {
-            Ok(result) => {
-                let mut claims = result.to_ear();
-                claims["ear_verifier_id"]["build"] =
-                    Value::from(concat!("tuk-verifier ", env!("CARGO_PKG_VERSION")));
-                claims["tuk_instance"] = Value::from(id);
-                ResultRow {
-                    seq: 0,
-                    instance: id.into(),
-                    at: now_ms(),
-                    status: result.status().as_str().to_owned(),
-                    ear: Some(self.signer.sign(&claims)),
-                    error: result.refusal.clone(),
-                }
-            }
+            Ok((status, ear, error)) => ResultRow {
+                seq: 0,
+                instance: id.into(),
+                at: now_ms(),
+                status,
+                ear: Some(ear),
+                error,
+            },
             Err(e) => ResultRow {
                 seq: 0,
                 instance: id.into(),
@@ -386,12 +597,22 @@ impl Verifier {
             let Some(l) = map.get_mut(id) else {
                 return row;
             };
+            if l.generation != live.generation {
+                // Re-pointed while this attestation ran: the result is about the old
+                // registration (stored, with its URL and AK in the claims), not the new one,
+                // which is attested next.
+                if l.busy == Some(live.generation) {
+                    l.busy = None;
+                    l.due = Instant::now();
+                }
+                return row;
+            }
             let previous = l
                 .latest
                 .as_ref()
                 .map_or(PENDING.to_owned(), |r| r.status.clone());
             l.latest = Some(row.clone());
-            l.busy = false;
+            l.busy = None;
             l.due = Instant::now() + self.cfg.interval;
             previous
         };
@@ -411,18 +632,118 @@ impl Verifier {
         row
     }
 
+    /// Quote, appraisal, the TPM counters' check, signing: (status, signed EAR, error).
+    fn appraise(&self, id: &str, live: &Live) -> Result<(String, String, Option<String>), String> {
+        let identity = live.identity.as_ref().map_err(Clone::clone)?;
+        let mut attester = HttpAttester::new(&live.row.url, self.cfg.timeout);
+        let mut result = tuk_attest::quote(&mut attester, identity, &self.cfg.refs)
+            .map_err(|e| e.to_string())?;
+        let rollback = self.check_tpm_clock(&live.row.ak_name, &mut result);
+        let mut claims = result.to_ear();
+        claims["ear_verifier_id"]["build"] =
+            Value::from(concat!("tuk-verifier ", env!("CARGO_PKG_VERSION")));
+        claims["tuk_instance"] = Value::from(id);
+        claims["tuk_url"] = Value::from(live.row.url.as_str());
+        if let Some(s) = &live.row.service_url {
+            claims["tuk_service_url"] = Value::from(s.as_str());
+        }
+        claims["tuk_ak_name"] = Value::from(live.row.ak_name.as_str());
+        // Valid for two intervals from its making (whole seconds, rounded up).
+        let window = self.interval_ms().saturating_mul(2).div_ceil(1000).max(1);
+        claims["exp"] = Value::from(result.issued_at.saturating_add(window));
+        let error = result.refusal.clone().or(rollback);
+        Ok((
+            result.status().as_str().to_owned(),
+            self.signer.sign(&claims),
+            error,
+        ))
+    }
+
+    /// Compares the quote's TPM counters with the last ones of the same AK, keeps the new ones
+    /// (in memory and in the store), and contraindicates a rollback: a lower reset count, or
+    /// the same reset count with a lower restart count or a lower clock. Returns the reason
+    /// of a rollback.
+    fn check_tpm_clock(&self, ak_name: &str, result: &mut AttestationResult) -> Option<String> {
+        let kernel = result.submods.get_mut("kernel")?;
+        let tpm = kernel.facts.get("tpm")?;
+        let now = TpmClock {
+            reset_count: tpm.get("reset_count")?.as_u64()?,
+            restart_count: tpm.get("restart_count")?.as_u64()?,
+            clock: tpm.get("clock_ms")?.as_u64()?,
+        };
+        if result.refusal.is_some() {
+            // A refused quote proves nothing about the TPM's counters.
+            return None;
+        }
+        let mut clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+        let reason = clocks
+            .get(ak_name)
+            .filter(|last| is_rollback(last, &now))
+            .map(|last| {
+                format!(
+                    "the TPM's counters went back (reset count {}, restart count {}, clock {} ms \
+                     after reset count {}, restart count {}, clock {} ms in an earlier quote of \
+                     this AK): a rolled-back or replayed TPM state",
+                    now.reset_count,
+                    now.restart_count,
+                    now.clock,
+                    last.reset_count,
+                    last.restart_count,
+                    last.clock
+                )
+            });
+        match &reason {
+            Some(r) => kernel.claim(
+                Claim::InstanceIdentity,
+                value::UNRECOGNIZED_INSTANCE,
+                Some(r.clone()),
+            ),
+            None => {
+                clocks.insert(ak_name.to_owned(), now);
+                drop(clocks);
+                let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                if let Err(e) = self.store.put_tpm_clock(
+                    ak_name,
+                    to_i64(now.reset_count),
+                    to_i64(now.restart_count),
+                    to_i64(now.clock),
+                ) {
+                    self.metrics.store_error();
+                    eprintln!("tuk-verifier: cannot store the TPM counters of AK {ak_name}: {e}");
+                }
+            }
+        }
+        reason
+    }
+
+    /// Marks `id` not busy (after a worker lost its attestation to a panic).
+    fn release(&self, id: &str) {
+        if let Some(l) = self.write().get_mut(id) {
+            l.busy = None;
+            l.due = Instant::now() + self.cfg.interval;
+        }
+    }
+
     /// Instances due for attestation, marked busy.
     fn take_due(&self) -> Vec<String> {
         let now = Instant::now();
         let mut map = self.write();
         map.values_mut()
-            .filter(|l| !l.busy && l.due <= now)
+            .filter(|l| l.busy.is_none() && l.due <= now)
             .map(|l| {
-                l.busy = true;
+                l.busy = Some(l.generation);
                 l.row.id.clone()
             })
             .collect()
     }
+}
+
+/// Whether `now` goes back from `last`: a lower reset count, or the same reset count with a
+/// lower restart count or a lower clock (the clock only advances while the TPM is reset-free).
+fn is_rollback(last: &TpmClock, now: &TpmClock) -> bool {
+    now.reset_count < last.reset_count
+        || (now.reset_count == last.reset_count
+            && (now.restart_count < last.restart_count || now.clock < last.clock))
 }
 
 fn not_found(id: &str) -> ServiceError {
@@ -462,7 +783,12 @@ fn spawn_scheduler(v: Arc<Verifier>) {
                 let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                 match next {
                     Ok(id) => {
-                        v.attest_one(&id);
+                        // attest_one catches panics in the attestation; this catches any
+                        // elsewhere, so the worker survives whatever happens.
+                        if catch_unwind(AssertUnwindSafe(|| v.attest_one(&id))).is_err() {
+                            v.metrics.panic();
+                            v.release(&id);
+                        }
                     }
                     Err(_) => return,
                 }
@@ -475,7 +801,8 @@ fn spawn_scheduler(v: Arc<Verifier>) {
             if let Some(keep) = v.cfg.retention {
                 if last_prune.elapsed() >= Duration::from_secs(60) {
                     last_prune = Instant::now();
-                    let before = now_ms() - keep.as_millis() as i64;
+                    let keep = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+                    let before = now_ms().saturating_sub(keep);
                     if let Err(e) = v.store.prune(before) {
                         eprintln!("tuk-verifier: cannot prune old results: {e}");
                     }
@@ -492,16 +819,10 @@ fn spawn_scheduler(v: Arc<Verifier>) {
         });
 }
 
-fn spawn_notifier(v: Arc<Verifier>, rx: Receiver<Change>) {
+fn spawn_notifier(v: Arc<Verifier>, rx: Receiver<Change>, delivery: Delivery) {
     let _ = thread::Builder::new()
         .name("webhooks".into())
         .spawn(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(v.cfg.timeout))
-                .http_status_as_error(false)
-                .max_redirects(0)
-                .build()
-                .into();
             for change in rx {
                 let hooks = match v.store.webhooks() {
                     Ok(h) => h,
@@ -522,27 +843,33 @@ fn spawn_notifier(v: Arc<Verifier>, rx: Receiver<Change>) {
                     "ear": change.result.ear,
                 })
                 .to_string();
-                for (_, url) in hooks {
-                    let mut delivered = false;
-                    for attempt in 0..3u32 {
-                        let ok = agent
-                            .post(&url)
-                            .header("Content-Type", "application/json")
-                            .send(body.as_bytes())
-                            .is_ok_and(|r| r.status().is_success());
-                        if ok {
-                            delivered = true;
-                            break;
-                        }
-                        thread::sleep(Duration::from_millis(250 << attempt));
-                    }
-                    v.metrics.webhook(delivered);
-                    if !delivered {
-                        eprintln!(
-                            "tuk-verifier: webhook {url} failed 3 times; dropped this notification"
-                        );
-                    }
-                }
+                delivery.notify(&hooks, &Arc::new(body));
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(reset_count: u64, restart_count: u64, clock: u64) -> TpmClock {
+        TpmClock {
+            reset_count,
+            restart_count,
+            clock,
+        }
+    }
+
+    #[test]
+    fn tpm_counters_may_only_go_forward() {
+        let last = c(5, 2, 1000);
+        // Forward: later clock, a restart, a reset (the clock may then be anything).
+        for ok in [c(5, 2, 1000), c(5, 2, 1500), c(5, 3, 1200), c(6, 0, 10)] {
+            assert!(!is_rollback(&last, &ok), "{ok:?}");
+        }
+        // Back: an older reset, an older restart, an older clock.
+        for bad in [c(4, 9, 99_999), c(5, 1, 2000), c(5, 2, 999), c(5, 3, 10)] {
+            assert!(is_rollback(&last, &bad), "{bad:?}");
+        }
+    }
 }

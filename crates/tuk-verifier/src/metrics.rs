@@ -18,7 +18,10 @@ struct Counters {
     registrations_refused: u64,
     webhooks_ok: u64,
     webhooks_failed: u64,
+    webhooks_dropped: u64,
     store_errors: u64,
+    panics: u64,
+    auth_refused: u64,
 }
 
 /// The service's counters.
@@ -65,6 +68,21 @@ impl Metrics {
 
     pub fn store_error(&self) {
         self.lock().store_errors += 1;
+    }
+
+    /// A webhook notification dropped from a full queue.
+    pub fn webhook_dropped(&self) {
+        self.lock().webhooks_dropped += 1;
+    }
+
+    /// An attestation that panicked (became an `unavailable` result).
+    pub fn panic(&self) {
+        self.lock().panics += 1;
+    }
+
+    /// A request refused with 401 or 403.
+    pub fn auth_refused(&self) {
+        self.lock().auth_refused += 1;
     }
 
     /// The exposition text; `instances` is the count of instances per current status,
@@ -153,6 +171,19 @@ impl Metrics {
             "tuk_verifier_webhook_deliveries_total{{outcome=\"failed\"}} {}",
             c.webhooks_failed
         );
+        let _ = writeln!(out, "# HELP tuk_verifier_webhook_dropped_total Webhook notifications dropped because the hook's queue was full.");
+        let _ = writeln!(out, "# TYPE tuk_verifier_webhook_dropped_total counter");
+        let _ = writeln!(
+            out,
+            "tuk_verifier_webhook_dropped_total {}",
+            c.webhooks_dropped
+        );
+        let _ = writeln!(out, "# HELP tuk_verifier_attestation_panics_total Attestations that panicked (recorded as unavailable; the worker went on).");
+        let _ = writeln!(out, "# TYPE tuk_verifier_attestation_panics_total counter");
+        let _ = writeln!(out, "tuk_verifier_attestation_panics_total {}", c.panics);
+        let _ = writeln!(out, "# HELP tuk_verifier_auth_refused_total API requests refused for a missing, unknown or too weak token (401, 403).");
+        let _ = writeln!(out, "# TYPE tuk_verifier_auth_refused_total counter");
+        let _ = writeln!(out, "tuk_verifier_auth_refused_total {}", c.auth_refused);
         let _ = writeln!(
             out,
             "# HELP tuk_verifier_store_errors_total Results that could not be stored."

@@ -1,4 +1,5 @@
-//! Durable state: registered instances, every attestation result, webhooks. SQLite (a file;
+//! Durable state: registered instances, every attestation result, webhooks, the audit log of
+//! registrations, replacements and deletions. SQLite (a file;
 //! the default) or PostgreSQL (a `postgres://` URL). Both run the same SQL (written with
 //! `$N` parameters; SQLite gets `?N`), so the two cannot drift.
 //!
@@ -76,6 +77,24 @@ pub struct InstanceRow {
     /// The identity document the instance served at registration (JSON), whose AK credential
     /// activation bound to the certified EK.
     pub identity: String,
+    /// The instance's service URL (what a gateway forwards to), when registered with one.
+    pub service_url: Option<String>,
+    /// Hex of the AK's name (one AK is registered under one id only).
+    pub ak_name: String,
+}
+
+/// One audit record: who registered, replaced or deleted which instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRow {
+    /// Unix ms.
+    pub at: i64,
+    pub instance: String,
+    /// `register`, `replace` or `delete`.
+    pub action: String,
+    /// The token id that did it.
+    pub actor: String,
+    /// What changed (JSON).
+    pub detail: String,
 }
 
 /// One attestation's outcome.
@@ -98,6 +117,16 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS results (seq BIGINT NOT NULL, instance TEXT NOT NULL, at BIGINT NOT NULL, status TEXT NOT NULL, ear TEXT, error TEXT, PRIMARY KEY (instance, seq))",
     "CREATE INDEX IF NOT EXISTS results_at ON results (at)",
     "CREATE TABLE IF NOT EXISTS webhooks (id TEXT PRIMARY KEY, url TEXT NOT NULL, created_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS audit (id TEXT PRIMARY KEY, at BIGINT NOT NULL, instance TEXT NOT NULL, action TEXT NOT NULL, actor TEXT NOT NULL, detail TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS audit_instance ON audit (instance, at)",
+    "CREATE TABLE IF NOT EXISTS tpm_clocks (ak_name TEXT PRIMARY KEY, reset_count BIGINT NOT NULL, restart_count BIGINT NOT NULL, clock BIGINT NOT NULL)",
+];
+
+/// Columns added since the first schema: (table, column, type). Added to an older database
+/// when missing.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("instances", "service_url", "TEXT"),
+    ("instances", "ak_name", "TEXT"),
 ];
 
 impl Store {
@@ -128,6 +157,17 @@ impl Store {
         };
         for stmt in SCHEMA {
             store.execute(stmt, &[])?;
+        }
+        for (table, column, ty) in ADDED_COLUMNS {
+            if store
+                .query(&format!("SELECT {column} FROM {table} LIMIT 0"), &[])
+                .is_err()
+            {
+                store.execute(
+                    &format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"),
+                    &[],
+                )?;
+            }
         }
         Ok(store)
     }
@@ -212,31 +252,68 @@ impl Store {
 
     pub fn put_instance(&self, i: &InstanceRow) -> Result<(), StoreError> {
         self.execute(
-            "INSERT INTO instances (id, url, registered_at, identity) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (id) DO UPDATE SET url = excluded.url, registered_at = excluded.registered_at, identity = excluded.identity",
+            "INSERT INTO instances (id, url, registered_at, identity, service_url, ak_name) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (id) DO UPDATE SET url = excluded.url, registered_at = excluded.registered_at, identity = excluded.identity, \
+             service_url = excluded.service_url, ak_name = excluded.ak_name",
             &[
                 Param::Text(&i.id),
                 Param::Text(&i.url),
                 Param::Int(i.registered_at),
                 Param::Text(&i.identity),
+                Param::OptText(i.service_url.as_deref()),
+                Param::Text(&i.ak_name),
             ],
         )?;
         Ok(())
     }
 
-    /// Removes an instance and its history; false if there was none.
+    /// Removes an instance; false if there was none. Its results stay (for the audit trail;
+    /// they age out with the retention like any others, and a re-registration of the id
+    /// continues their `seq`).
     pub fn delete_instance(&self, id: &str) -> Result<bool, StoreError> {
-        self.execute(
-            "DELETE FROM results WHERE instance = $1",
-            &[Param::Text(id)],
-        )?;
         Ok(self.execute("DELETE FROM instances WHERE id = $1", &[Param::Text(id)])? > 0)
+    }
+
+    /// Appends an audit record.
+    pub fn add_audit(&self, a: &AuditRow) -> Result<(), StoreError> {
+        let id = tuk_measure::hex(&tuk_attest::attester::random_bytes(8));
+        self.execute(
+            "INSERT INTO audit (id, at, instance, action, actor, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                Param::Text(&id),
+                Param::Int(a.at),
+                Param::Text(&a.instance),
+                Param::Text(&a.action),
+                Param::Text(&a.actor),
+                Param::Text(&a.detail),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Audit records, newest first: of `instance` if given, at most `limit`.
+    pub fn audit(&self, instance: Option<&str>, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT at, instance, action, actor, detail FROM audit \
+                 WHERE ($1 = '' OR instance = $1) ORDER BY at DESC, id LIMIT $2",
+                &[Param::Text(instance.unwrap_or("")), Param::Int(limit)],
+            )?
+            .into_iter()
+            .map(|r| AuditRow {
+                at: r[0].int(),
+                instance: r[1].text(),
+                action: r[2].text(),
+                actor: r[3].text(),
+                detail: r[4].text(),
+            })
+            .collect())
     }
 
     pub fn instances(&self) -> Result<Vec<InstanceRow>, StoreError> {
         Ok(self
             .query(
-                "SELECT id, url, registered_at, identity FROM instances ORDER BY id",
+                "SELECT id, url, registered_at, identity, service_url, ak_name FROM instances ORDER BY id",
                 &[],
             )?
             .into_iter()
@@ -245,6 +322,8 @@ impl Store {
                 url: r[1].text(),
                 registered_at: r[2].int(),
                 identity: r[3].text(),
+                service_url: r[4].opt_text(),
+                ak_name: r[5].text(),
             })
             .collect())
     }
@@ -318,6 +397,41 @@ impl Store {
             "DELETE FROM results WHERE at < $1 AND seq < (SELECT MAX(r.seq) FROM results r WHERE r.instance = results.instance)",
             &[Param::Int(before)],
         )
+    }
+
+    /// Keeps the TPM counters of an AK's last quote.
+    pub fn put_tpm_clock(
+        &self,
+        ak_name: &str,
+        reset_count: i64,
+        restart_count: i64,
+        clock: i64,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO tpm_clocks (ak_name, reset_count, restart_count, clock) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (ak_name) DO UPDATE SET reset_count = excluded.reset_count, \
+             restart_count = excluded.restart_count, clock = excluded.clock",
+            &[
+                Param::Text(ak_name),
+                Param::Int(reset_count),
+                Param::Int(restart_count),
+                Param::Int(clock),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// (AK name, reset count, restart count, clock) of every AK's last quote.
+    pub fn tpm_clocks(&self) -> Result<Vec<(String, u64, u64, u64)>, StoreError> {
+        let u = |v: &Val| u64::try_from(v.int()).unwrap_or(0);
+        Ok(self
+            .query(
+                "SELECT ak_name, reset_count, restart_count, clock FROM tpm_clocks",
+                &[],
+            )?
+            .into_iter()
+            .map(|r| (r[0].text(), u(&r[1]), u(&r[2]), u(&r[3])))
+            .collect())
     }
 
     pub fn add_webhook(&self, id: &str, url: &str, created_at: i64) -> Result<(), StoreError> {
@@ -398,10 +512,13 @@ mod tests {
                 url: "http://x".into(),
                 registered_at: 5,
                 identity: "{}".into(),
+                service_url: None,
+                ak_name: "00".into(),
             };
             s.put_instance(&i).unwrap();
             s.put_instance(&InstanceRow {
                 url: "http://y".into(),
+                service_url: Some("http://svc".into()),
                 ..i
             })
             .unwrap();
@@ -414,6 +531,8 @@ mod tests {
         let inst = s.instances().unwrap();
         assert_eq!(inst.len(), 1);
         assert_eq!(inst[0].url, "http://y");
+        assert_eq!(inst[0].service_url.as_deref(), Some("http://svc"));
+        assert_eq!(inst[0].ak_name, "00");
         let r = s.results("a", 10, None).unwrap();
         assert_eq!(
             r.iter()
@@ -434,8 +553,25 @@ mod tests {
         assert_eq!(s.webhooks().unwrap(), [("w1".into(), "http://hook".into())]);
         assert!(s.delete_instance("a").unwrap());
         assert!(!s.delete_instance("a").unwrap());
-        assert!(s.results("a", 10, None).unwrap().is_empty());
+        // The results stay for the audit trail.
+        assert_eq!(s.results("a", 10, None).unwrap().len(), 1);
+        for (at, instance) in [(1, "a"), (2, "b"), (3, "a")] {
+            s.add_audit(&AuditRow {
+                at,
+                instance: instance.into(),
+                action: "register".into(),
+                actor: "admin-1".into(),
+                detail: "{}".into(),
+            })
+            .unwrap();
+        }
+        let a = s.audit(Some("a"), 10).unwrap();
+        assert_eq!(a.iter().map(|r| r.at).collect::<Vec<_>>(), [3, 1]);
+        assert_eq!(s.audit(None, 10).unwrap().len(), 3);
         assert!(s.delete_webhook("w1").unwrap());
+        s.put_tpm_clock("ak", 1, 2, 3).unwrap();
+        s.put_tpm_clock("ak", 1, 2, 4).unwrap();
+        assert_eq!(s.tpm_clocks().unwrap(), [("ak".into(), 1, 2, 4)]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

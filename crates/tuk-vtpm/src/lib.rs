@@ -6,12 +6,17 @@
 //!    an RSA and an ECC endorsement key, their EK certificates and a platform certificate, all
 //!    issued by `swtpm_localca` from a CA directory ([`default_ca_dir`], shared by every VM of
 //!    the user so one CA certificate verifies them all), then locks the NV indices.
-//! 2. [`measured_launch`] (every boot, before QEMU exists): swtpm on the state, CMD_INIT,
-//!    TPM2_Startup(CLEAR), TPM2_PCR_Extend for each measurement, TPM2_Shutdown(STATE), then
-//!    swtpm is stopped (CMD_SHUTDOWN) so the saved state is on disk.
+//! 2. [`measured_launch`] (every boot, before QEMU exists): swtpm on the state (any stored
+//!    volatile state removed first), CMD_INIT, TPM2_Startup(CLEAR), TPM2_PCR_Extend for each
+//!    measurement, TPM2_Shutdown(STATE), then CMD_STORE_VOLATILE: the *running* TPM (started,
+//!    PCRs as measured) is written to `tpm2-00.volatilestate`, and swtpm is stopped
+//!    (CMD_SHUTDOWN).
 //! 3. [`spawn_for_qemu`]: a fresh swtpm on the same state with only a control socket, for
-//!    QEMU's `-tpmdev emulator`; it exits with QEMU (`--terminate`). The guest's
-//!    TPM2_Startup(STATE) then resumes the TPM with the launcher's PCR values.
+//!    QEMU's `-tpmdev emulator`; it exits with QEMU (`--terminate`). QEMU's CMD_INIT (flags 0)
+//!    restores the volatile state, so the TPM is already started when the guest runs: the
+//!    host, not the guest, sent TPM2_Startup. Any guest TPM2_Startup (CLEAR or STATE) is
+//!    answered TPM_RC_INITIALIZE and cannot reset PCR 4/5 (docs/platform.md has the swtpm
+//!    facts this rests on; docs/measurement.md the contract).
 //!
 //! The TPM commands themselves are `tuk-tpm`'s (the same code the kernel's CRB driver uses);
 //! this crate adds the socket [`Transport`](tuk_tpm::Transport) and swtpm's control channel.
@@ -19,8 +24,10 @@
 //! Layout under the VM's state directory ([`VtpmPaths`]): `tpm/` (swtpm state,
 //! `tpm2-00.permall`), `tpm-config/` (the swtpm_setup and swtpm_localca configuration written
 //! for this VM), `tpm-certs/` (copies of the EK certificates), `swtpm.log` (swtpm_setup and both
-//! swtpm runs), and the sockets (`tpm/*.sock`, or under the temporary directory when the state
-//! directory's path is too long for a Unix socket).
+//! swtpm runs), and the sockets (`tpm/*.sock`, or, when the state directory's path is too long
+//! for a Unix socket, a 0700 directory with a random name under the temporary directory).
+//! Every directory is created 0700 and checked ([`private_dir`]); swtpm writes its state files
+//! 0600 (`--tpmstate mode=0600`, and the files swtpm_setup wrote are set to 0600).
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -28,7 +35,7 @@ use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -93,6 +100,9 @@ pub enum VtpmError {
         command: &'static str,
         cause: TpmError,
     },
+
+    #[error("refusing to use {path}: {reason}; remove it (or pick another state directory with --state-dir) so tuk can create it privately")]
+    UnsafeDir { path: PathBuf, reason: String },
 }
 
 impl VtpmError {
@@ -125,7 +135,6 @@ impl Tools {
 }
 
 fn find_in_path(tool: &'static str) -> Result<PathBuf, VtpmError> {
-    use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|dir| dir.join(tool))
@@ -201,10 +210,13 @@ impl VtpmPaths {
         let sockets = if probe.as_os_str().len() <= MAX_SOCKET_PATH {
             state.clone()
         } else {
-            let short = std::env::temp_dir().join(format!("tuk-vtpm-{:016x}", fnv64(state_dir)));
+            // Not a predictable name (another user could pre-create it): a new 0700 directory
+            // with a random name, ours by construction.
+            let short = private_random_dir(&std::env::temp_dir(), "tuk-vtpm-")?;
             if short.join("launch-ctrl.sock").as_os_str().len() > MAX_SOCKET_PATH
                 || bad(&short.to_string_lossy())
             {
+                let _ = fs::remove_dir(&short);
                 return Err(VtpmError::BadPath { path: short });
             }
             short
@@ -230,21 +242,111 @@ impl VtpmPaths {
     }
 
     fn open_log(&self) -> Result<File, VtpmError> {
+        use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.log)
             .map_err(|e| VtpmError::io("cannot open", &self.log, e))
     }
 }
 
-fn fnv64(path: &Path) -> u64 {
-    path.as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        })
+/// The effective user id of this process (the owner of `/proc/self`).
+fn our_uid() -> Result<u32, VtpmError> {
+    fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .map_err(|e| VtpmError::io("cannot find out our user id from", "/proc/self", e))
+}
+
+/// Checks that `path` is a directory we can keep secrets in: not a symbolic link, owned by
+/// this user, no access for group or others.
+pub fn check_private_dir(path: &Path) -> Result<(), VtpmError> {
+    let unsafe_dir = |reason: String| VtpmError::UnsafeDir {
+        path: path.to_owned(),
+        reason,
+    };
+    let meta = fs::symlink_metadata(path).map_err(|e| VtpmError::io("cannot inspect", path, e))?;
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_dir("it is a symbolic link".into()));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_dir("it is not a directory".into()));
+    }
+    let uid = our_uid()?;
+    if meta.uid() != uid {
+        return Err(unsafe_dir(format!(
+            "it belongs to uid {}, not to us (uid {uid})",
+            meta.uid()
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(unsafe_dir(format!(
+            "its mode is {mode:04o}; it must give no access to group or others (0700)"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates `path` (and missing parents) with mode 0700, or accepts it if it exists, then checks
+/// it with [`check_private_dir`]. Existing parents are not checked: the caller decides how far
+/// up privacy is needed (see tuk-launcher's state directory).
+pub fn private_dir(path: &Path) -> Result<(), VtpmError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(|e| VtpmError::io("cannot create", path, e))?;
+        }
+        Err(e) => return Err(VtpmError::io("cannot inspect", path, e)),
+    }
+    check_private_dir(path)
+}
+
+/// A new directory under `parent`, named `prefix` + 16 random hex digits, mode 0700 (created
+/// exclusively: never one that existed).
+pub fn private_random_dir(parent: &Path, prefix: &str) -> Result<PathBuf, VtpmError> {
+    let mut last = None;
+    for _ in 0..16 {
+        let mut bytes = [0u8; 8];
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(|e| VtpmError::io("cannot read", "/dev/urandom", e))?;
+        let dir = parent.join(format!("{prefix}{:016x}", u64::from_le_bytes(bytes)));
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {
+                check_private_dir(&dir)?;
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(VtpmError::io("cannot create", &dir, e)),
+        }
+    }
+    Err(VtpmError::io(
+        "cannot create a fresh directory in",
+        parent,
+        last.unwrap_or_else(|| io::Error::other("no free name")),
+    ))
+}
+
+/// Sets every regular file directly in `dir` to mode 0600.
+fn files_private(dir: &Path) -> Result<(), VtpmError> {
+    let entries = fs::read_dir(dir).map_err(|e| VtpmError::io("cannot list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| VtpmError::io("cannot list", dir, e))?;
+        let path = entry.path();
+        let meta =
+            fs::symlink_metadata(&path).map_err(|e| VtpmError::io("cannot inspect", &path, e))?;
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .map_err(|e| VtpmError::io("cannot make private", &path, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn remove_if_present(path: &Path) -> Result<(), VtpmError> {
@@ -292,7 +394,7 @@ pub fn manufacture(
         .create(ca_dir)
         .map_err(|e| VtpmError::io("cannot create the vTPM CA directory", ca_dir, e))?;
     for dir in [&paths.config, &paths.certs] {
-        fs::create_dir_all(dir).map_err(|e| VtpmError::io("cannot create", dir, e))?;
+        private_dir(dir)?;
     }
     let ca = ca_dir.display();
     let localca_conf = paths.config.join("swtpm-localca.conf");
@@ -322,7 +424,7 @@ pub fn manufacture(
     if partial.exists() {
         fs::remove_dir_all(&partial).map_err(|e| VtpmError::io("cannot remove", &partial, e))?;
     }
-    fs::create_dir_all(&partial).map_err(|e| VtpmError::io("cannot create", &partial, e))?;
+    private_dir(&partial)?;
     let log = paths.open_log()?;
     let log2 = log
         .try_clone()
@@ -362,6 +464,9 @@ pub fn manufacture(
         fs::remove_dir_all(&paths.state)
             .map_err(|e| VtpmError::io("cannot remove", &paths.state, e))?;
     }
+    // swtpm_setup writes the state 0640: it holds the EPS (the EK and AK), so 0600.
+    files_private(&partial)?;
+    files_private(&paths.certs)?;
     fs::rename(&partial, &paths.state)
         .map_err(|e| VtpmError::io("cannot move the new vTPM state to", &paths.state, e))?;
     Ok(Manufactured::Created)
@@ -500,7 +605,13 @@ pub mod ctrl_cmd {
     pub const GET_CAPABILITY: u32 = 1;
     pub const INIT: u32 = 2;
     pub const SHUTDOWN: u32 = 3;
+    pub const STORE_VOLATILE: u32 = 10;
 }
+
+/// swtpm's stored running TPM (CMD_STORE_VOLATILE), inside [`VtpmPaths::state`]. Restored by
+/// every CMD_INIT while it exists (swtpm 0.7.1 restores it even under CMD_INIT's
+/// delete-volatile flag, which removes the file only after loading it).
+pub const VOLATILE_FILE: &str = "tpm2-00.volatilestate";
 
 impl Ctrl {
     fn call(&mut self, cmd: u32, payload: &[u8], name: &str) -> Result<(), VtpmError> {
@@ -523,15 +634,25 @@ impl Ctrl {
         }
     }
 
-    /// CMD_INIT: power the TPM on (what QEMU sends when it starts); it then needs TPM2_Startup.
-    /// This is when swtpm locks its state directory: a second swtpm on the same state starts
-    /// fine and fails only here (result 0x9, "Could not lock access to lockfile" in its log).
+    /// CMD_INIT (flags 0, as QEMU sends it): power the TPM on. With a stored volatile state
+    /// (`tpm2-00.volatilestate`) swtpm continues from it, TPM already started; without, from
+    /// the permanent state, and the TPM needs TPM2_Startup (STATE resumes a
+    /// TPM2_Shutdown(STATE), CLEAR resets). A host-side swtpm ([`Swtpm::spawn`] with a command
+    /// channel) has had the volatile state removed, so it is the latter. This is when swtpm
+    /// locks its state directory: a second swtpm on the same state starts fine and fails only
+    /// here (result 0x9, "Could not lock access to lockfile" in its log).
     pub fn init(&mut self) -> Result<(), VtpmError> {
         self.call(
             ctrl_cmd::INIT,
             &0u32.to_be_bytes(),
             "CMD_INIT (if the result is 0x9, another swtpm may be using this state)",
         )
+    }
+
+    /// CMD_STORE_VOLATILE: writes the running TPM's volatile state (started, PCR values,
+    /// loaded objects) to [`VOLATILE_FILE`]; every later CMD_INIT continues from it.
+    pub fn store_volatile(&mut self) -> Result<(), VtpmError> {
+        self.call(ctrl_cmd::STORE_VOLATILE, &[], "CMD_STORE_VOLATILE")
     }
 
     /// CMD_SHUTDOWN: swtpm ends (after the reply); its NV state is on disk.
@@ -575,12 +696,18 @@ impl std::fmt::Debug for Swtpm {
 }
 
 impl Swtpm {
-    /// Starts `swtpm socket --tpm2` on `paths.state` (which must be manufactured), in its own
-    /// process group (a terminal's Ctrl-C must not take the TPM away from a VM shutting down),
-    /// output appended to `paths.log`. Stale Unix socket files are removed first.
+    /// Starts `swtpm socket --tpm2` on `paths.state` (which must be manufactured and private),
+    /// in its own process group (a terminal's Ctrl-C must not take the TPM away from a VM
+    /// shutting down), output appended to `paths.log`. Stale Unix socket files are removed
+    /// first. A swtpm with its own command channel (`cfg.server`: the host's, never QEMU's)
+    /// starts from the permanent state: the stored running TPM ([`VOLATILE_FILE`], which only
+    /// the swtpm for QEMU continues from) is removed first.
     pub fn spawn(tools: &Tools, paths: &VtpmPaths, cfg: SwtpmConfig) -> Result<Swtpm, VtpmError> {
-        fs::create_dir_all(paths.socket_dir())
-            .map_err(|e| VtpmError::io("cannot create", paths.socket_dir(), e))?;
+        check_private_dir(&paths.state)?;
+        private_dir(paths.socket_dir())?;
+        if cfg.server.is_some() {
+            remove_if_present(&paths.state.join(VOLATILE_FILE))?;
+        }
         for ep in std::iter::once(&cfg.ctrl).chain(cfg.server.as_ref()) {
             if let Endpoint::Unix(p) = ep {
                 remove_if_present(p)?;
@@ -590,7 +717,8 @@ impl Swtpm {
             "socket".into(),
             "--tpm2".into(),
             "--tpmstate".into(),
-            format!("dir={}", paths.state.display()),
+            // mode: the files swtpm (re)writes are 0600 (its default is 0640).
+            format!("dir={},mode=0600", paths.state.display()),
             "--ctrl".into(),
             cfg.ctrl.option(),
         ];
@@ -777,10 +905,14 @@ pub struct LaunchTimes {
     pub total: Duration,
 }
 
-/// The launcher's half of the measured launch: swtpm on the (manufactured) state, CMD_INIT,
-/// TPM2_Startup(CLEAR), one TPM2_PCR_Extend (SHA-256 bank) per `(pcr, digest)` in order,
-/// TPM2_Shutdown(STATE), CMD_SHUTDOWN, and swtpm's exit awaited: when this returns `Ok`, the
-/// state on disk resumes (guest TPM2_Startup(STATE)) with exactly these PCR values.
+/// The launcher's measured launch: swtpm on the (manufactured) state, CMD_INIT (from the
+/// permanent state: a stored volatile state is discarded first), TPM2_Startup(CLEAR), one
+/// TPM2_PCR_Extend (SHA-256 bank) per `(pcr, digest)` in order, TPM2_Shutdown(STATE) (for
+/// inspection after the VM: [`spawn_for_inspection`]), CMD_STORE_VOLATILE, CMD_SHUTDOWN, and
+/// swtpm's exit awaited. When this returns `Ok`, the state on disk is a *started* TPM with
+/// exactly these PCR values: QEMU's CMD_INIT restores it, and the guest cannot send a
+/// TPM2_Startup of its own (TPM_RC_INITIALIZE), so it cannot reset PCR 4/5 (a TPM Reset or
+/// Restart needs a Startup). The host sent the only Startup.
 pub fn measured_launch(
     tools: &Tools,
     paths: &VtpmPaths,
@@ -809,9 +941,12 @@ pub fn measured_launch(
         tpm.pcr_extend(*pcr, digest)
             .map_err(tpm_err("TPM2_PCR_Extend"))?;
     }
+    // Saved for a host-side inspection (a fresh swtpm, the running TPM discarded, resumes these
+    // values with TPM2_Startup(STATE)) as before; the TPM stays started for what follows.
     tpm.shutdown(StartupType::State)
         .map_err(tpm_err("TPM2_Shutdown(STATE)"))?;
     drop(tpm);
+    ctrl.store_volatile()?;
     ctrl.shutdown()?;
     drop(ctrl);
     swtpm.wait_exit(SWTPM_TIMEOUT)?;
@@ -843,10 +978,12 @@ pub fn spawn_for_qemu(tools: &Tools, paths: &VtpmPaths) -> Result<Swtpm, VtpmErr
 }
 
 /// A swtpm on `paths`' state with TCP channels on loopback (control = command port + 1, as the
-/// tpm2-tools `swtpm` TCTI expects), powered on like QEMU does (CMD_INIT) and started like a
-/// guest does (`TPM2_Startup(kind)`); both connections are closed again (swtpm serves one
-/// client per channel) so an independent client such as `tpm2_pcrread` can use them. For
-/// inspecting a vTPM after its VM ended. Returns the swtpm and its command port.
+/// tpm2-tools `swtpm` TCTI expects), powered on from the permanent state (the running TPM the
+/// launch stored is discarded) and started with `TPM2_Startup(kind)`: STATE resumes
+/// what the kernel saved with TPM2_Shutdown(STATE) on its way out, CLEAR starts afresh. Both
+/// connections are closed again (swtpm serves one client per channel) so an independent
+/// client such as `tpm2_pcrread` can use them. For inspecting a vTPM after its VM ended.
+/// Returns the swtpm and its command port.
 pub fn spawn_for_inspection(
     tools: &Tools,
     paths: &VtpmPaths,
@@ -958,6 +1095,13 @@ mod tests {
         assert!(long.qemu_ctrl.as_os_str().len() <= MAX_SOCKET_PATH);
         assert!(long.state.starts_with(&deep));
         assert_eq!(long.launch_ctrl.parent(), long.qemu_ctrl.parent());
+        // Not a name another user can predict: random, created 0700 by us.
+        let again = VtpmPaths::new(Path::new(&deep)).unwrap();
+        assert_ne!(long.socket_dir(), again.socket_dir());
+        check_private_dir(long.socket_dir()).unwrap();
+        for p in [&long, &again] {
+            fs::remove_dir(p.socket_dir()).unwrap();
+        }
         assert!(matches!(
             VtpmPaths::new(Path::new("/tmp/a,b")),
             Err(VtpmError::BadPath { .. })

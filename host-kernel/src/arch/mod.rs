@@ -9,6 +9,7 @@ pub use self::x86_64::{
         stop_timer, take_pending, Irq,
     },
     boot_info::BootInfo,
+    control::{control_state, descriptor_tables, tss_bytes, ControlState},
     cpu::{
         disable_interrupts, enable_interrupts, exit_qemu, halt_until_interrupt, has_feature,
         random_source, random_u64, ExitCode,
@@ -16,7 +17,7 @@ pub use self::x86_64::{
     init_early, init_interrupts, init_paging,
     paging::{
         audit_wx, kernel_rodata, kernel_sections, kernel_text, map_mmio, protect,
-        root as page_table_root, Protection, WxAudit,
+        root as page_table_root, seal, sealed_ranges, Protection, WxAudit,
     },
     parse_boot_info, port,
     time::{now_us, set_wall_clock, tsc_khz, wall_clock_ns},

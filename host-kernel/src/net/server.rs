@@ -5,6 +5,9 @@
 //! is taken by a connection, up to `max_connections` served at once (further SYNs get a RST,
 //! which a client sees as a refused connection, never as a hang).
 //!
+//! The kernel runs one server per listener (service and admin, main.rs), each with its own
+//! pool: connections on one never count against the other's `max_connections`.
+//!
 //! Every connection is bounded in time: the protocol engine enforces request and idle timeouts
 //! (idle includes a peer that stops reading our output); the server adds a linger limit after
 //! close and smoltcp a retransmission timeout. Nothing a peer does can keep a socket forever.
@@ -139,9 +142,12 @@ impl HttpServer {
             }
             i += 1;
         }
-        let active = self.slots.iter().filter(|s| s.conn.is_some()).count();
-        stats::CONNECTIONS_ACTIVE.store(active as u64, core::sync::atomic::Ordering::Relaxed);
         progress
+    }
+
+    /// Connections being served (for `stats::CONNECTIONS_ACTIVE`, summed over the listeners).
+    pub fn active(&self) -> usize {
+        self.slots.iter().filter(|s| s.conn.is_some()).count()
     }
 
     /// The earliest time (ms) at which `poll` must run again for a timeout.

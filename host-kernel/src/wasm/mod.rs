@@ -34,7 +34,7 @@ use tuk_measure::{hex, sha256};
 use tuk_service_host::{
     EpochTimer, HostState, Instance, Platform, Probe, Service, ServicePre, TABLE_ELEMENTS,
 };
-pub use tuk_service_host::{Limits, LoadError};
+pub use tuk_service_host::{KvStore, Limits, LoadError};
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
@@ -179,7 +179,8 @@ impl Runtime {
 
     /// Loads compiled component code and instantiates it under `name`, replacing what ran
     /// under that name only once the new one is instantiated. `invariants` come from the
-    /// signed `.wasm` (empty for unsigned code). The integrity record carries over.
+    /// signed `.wasm` (empty for unsigned code). The integrity record carries over; the new
+    /// instance starts with `kv` (see [`Runtime::state`]: a publish keeps the data by default).
     pub fn deploy(
         &mut self,
         name: &str,
@@ -187,6 +188,7 @@ impl Runtime {
         invariants: Invariants,
         limits: Limits,
         config: BTreeMap<String, String>,
+        kv: KvStore,
     ) -> Result<&Deployed, LoadError> {
         let (component, pre, image) = load(&self.engine, &self.linker, code)?;
         let integrity = self
@@ -195,7 +197,7 @@ impl Runtime {
             .map(|d| d.integrity.redeployed())
             .unwrap_or_default();
         let mut deployed = Deployed {
-            instance: Instance::new(name, pre, code.len(), limits, config, &Kernel),
+            instance: Instance::new(name, pre, code.len(), limits, config, &Kernel).with_kv(kv),
             code: code.to_vec(),
             invariants,
             image,
@@ -209,6 +211,12 @@ impl Runtime {
             .map_err(LoadError::Instantiate)?;
         self.components.insert(name.into(), deployed);
         Ok(&self.components[name])
+    }
+
+    /// A copy of component `name`'s kv data and its configuration, if it is deployed.
+    pub fn state(&self, name: &str) -> Option<(KvStore, BTreeMap<String, String>)> {
+        let (kv, config) = self.components.get(name)?.instance.state()?;
+        Some((kv.clone(), config.clone()))
     }
 
     pub fn components(&self) -> impl Iterator<Item = &Deployed> {

@@ -70,8 +70,7 @@ pub fn read_cr2() -> u64 {
 /// A 64-bit hardware random number (RDRAND), or `None` if the CPU has no RDRAND or it
 /// failed ten times in a row (Intel's guidance for retry).
 fn rdrand() -> Option<u64> {
-    let has_rdrand = core::arch::x86_64::__cpuid(1).ecx & (1 << 30) != 0;
-    if !has_rdrand {
+    if !has_rdrand() {
         return None;
     }
     for _ in 0..10 {
@@ -88,22 +87,42 @@ fn rdrand() -> Option<u64> {
     None
 }
 
-/// Where random numbers come from on this CPU (reported in health).
+/// How many times [`random_u64`] found RDRAND present but failing (ten tries each) and fell
+/// back to the TSC-seeded sequence.
+static RDRAND_FAILURES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+fn has_rdrand() -> bool {
+    core::arch::x86_64::__cpuid(1).ecx & (1 << 30) != 0
+}
+
+/// Where random numbers come from on this CPU (reported in health): `rdrand`; `rdrand-failing
+/// (...)` once RDRAND has failed (the numbers since then include non-cryptographic ones); or
+/// `tsc-splitmix (...)` when the CPU has no RDRAND.
 pub fn random_source() -> &'static str {
-    if rdrand().is_some() {
-        "rdrand"
-    } else {
+    use core::sync::atomic::Ordering;
+    if !has_rdrand() {
         "tsc-splitmix (not cryptographic: the CPU has no RDRAND)"
+    } else if RDRAND_FAILURES.load(Ordering::Relaxed) > 0 {
+        "rdrand-failing (RDRAND returned no number after ten tries; tsc-splitmix, not cryptographic, was used instead)"
+    } else {
+        "rdrand"
     }
 }
 
 /// A random 64-bit number: RDRAND; without it, a SplitMix64 sequence seeded from the TSC
-/// (unpredictable to a remote peer only in a weak sense: see `random_source`).
+/// (unpredictable to a remote peer only in a weak sense: see `random_source`). A failing RDRAND
+/// is not silent: the first failure is logged and `random_source` says so from then on.
 pub fn random_u64() -> u64 {
     use core::sync::atomic::{AtomicU64, Ordering};
     static STATE: AtomicU64 = AtomicU64::new(0);
     if let Some(v) = rdrand() {
         return v;
+    }
+    if has_rdrand() && RDRAND_FAILURES.fetch_add(1, Ordering::Relaxed) == 0 {
+        log::error!(
+            "random: RDRAND failed ten times in a row; falling back to tsc-splitmix (not \
+             cryptographic); health's `random` reports it"
+        );
     }
     let mut z = STATE.fetch_add(0x9e37_79b9_7f4a_7c15 ^ rdtsc(), Ordering::Relaxed);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -63,3 +63,16 @@ pub fn init() {
         load_tss(*tss_sel);
     }
 }
+
+/// The TSS's bytes (its interrupt stack table), for the integrity monitor's fingerprint.
+pub fn tss_bytes() -> Option<&'static [u8]> {
+    let tss = TSS.get()?;
+    // SAFETY: the TSS is a 'static value initialised once at boot and never written again
+    // by the kernel; reading its bytes is a plain read of initialised memory.
+    Some(unsafe {
+        core::slice::from_raw_parts(
+            (tss as *const TaskStateSegment).cast::<u8>(),
+            core::mem::size_of::<TaskStateSegment>(),
+        )
+    })
+}

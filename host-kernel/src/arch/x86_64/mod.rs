@@ -3,6 +3,7 @@
 pub mod apic;
 pub mod boot;
 pub mod boot_info;
+pub mod control;
 pub mod cpu;
 mod gdt;
 mod idt;

@@ -1,0 +1,279 @@
+//! Webhooks: which targets are allowed, and their delivery (docs/verifier.md, "Webhooks").
+//!
+//! - A target's host must resolve only to public addresses: loopback, private (RFC 1918,
+//!   IPv6 ULA), link-local, unspecified, multicast, broadcast and `0.0.0.0/8` (and the IPv4
+//!   forms of these inside IPv6) are refused unless the service runs with
+//!   `--webhook-allow-private`. The check is made when the hook is added and again before
+//!   each delivery (a name that later resolves to a private address is not posted to).
+//! - Every hook has its own delivery thread and a bounded queue ([`QUEUE`] notifications;
+//!   when full, the oldest is dropped and counted in `/metrics`), so a hook that never
+//!   answers delays only its own notifications.
+//! - Nothing a hook answers is read beyond its status code, and nothing of it is logged.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crate::metrics::Metrics;
+
+/// Notifications waiting per hook; beyond this the oldest is dropped.
+pub const QUEUE: usize = 64;
+/// Webhooks a verifier keeps at most.
+pub const MAX_WEBHOOKS: usize = 64;
+/// Tries per notification.
+const TRIES: u32 = 3;
+
+/// Whether `ip` is an address a webhook may not target without `--webhook-allow-private`.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => private_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return private_v4(v4);
+            }
+            let seg0 = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg0 & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (seg0 & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (seg0 & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated)
+                || v6 == Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1)
+                // ::a.b.c.d (IPv4-compatible, deprecated)
+                || (v6.segments()[..6] == [0; 6] && private_v4(Ipv4Addr::from(
+                    (u32::from(v6.segments()[6]) << 16) | u32::from(v6.segments()[7]),
+                )))
+        }
+    }
+}
+
+fn private_v4(ip: Ipv4Addr) -> bool {
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || ip.octets()[0] == 0
+}
+
+/// Checks a webhook URL: `http(s)://host[:port]/...` without user info, whose host resolves
+/// only to public addresses unless `allow_private`. The error says what to do.
+pub fn check_target(url: &str, allow_private: bool) -> Result<(), String> {
+    if url.len() > 2048 {
+        return Err("a webhook url must be at most 2048 bytes".into());
+    }
+    let uri = ureq::http::Uri::from_str(url)
+        .map_err(|_| "the webhook url does not parse as an http:// or https:// URL".to_string())?;
+    let port = match uri.scheme_str() {
+        Some("http") => 80,
+        Some("https") => 443,
+        _ => return Err("a webhook url must be http:// or https://".into()),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| "the webhook url has no host".to_string())?;
+    if authority.as_str().contains('@') {
+        return Err("a webhook url may not carry user info (user@host)".into());
+    }
+    let port = authority.port_u16().unwrap_or(port);
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if allow_private {
+        return Ok(());
+    }
+    let addrs: Vec<IpAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|_| format!("the webhook host {host:?} does not resolve"))?
+        .map(|a| a.ip())
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("the webhook host {host:?} does not resolve"));
+    }
+    if let Some(ip) = addrs.iter().find(|ip| is_private(**ip)) {
+        return Err(format!(
+            "the webhook host {host:?} resolves to {ip}, a loopback, private, link-local or \
+             multicast address; start the verifier with --webhook-allow-private to allow such \
+             targets"
+        ));
+    }
+    Ok(())
+}
+
+/// One hook's queue and its delivery thread's stop flag.
+struct Queue {
+    url: String,
+    pending: Mutex<VecDeque<Arc<String>>>,
+    ready: Condvar,
+    stop: AtomicBool,
+}
+
+/// The delivery threads, one per hook.
+pub struct Delivery {
+    allow_private: bool,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+    queues: Mutex<BTreeMap<String, Arc<Queue>>>,
+}
+
+impl Delivery {
+    pub fn new(allow_private: bool, timeout: Duration, metrics: Arc<Metrics>) -> Delivery {
+        Delivery {
+            allow_private,
+            timeout,
+            metrics,
+            queues: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Queues `body` for every hook in `hooks` ((id, url), the store's current list), starting
+    /// threads for new hooks and stopping those of hooks no longer listed.
+    pub fn notify(&self, hooks: &[(String, String)], body: &Arc<String>) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.retain(|id, q| {
+            let keep = hooks.iter().any(|(h, url)| h == id && *url == q.url);
+            if !keep {
+                q.stop.store(true, Ordering::Relaxed);
+                q.ready.notify_all();
+            }
+            keep
+        });
+        for (id, url) in hooks {
+            let q = match queues.get(id) {
+                Some(q) => Arc::clone(q),
+                None => {
+                    let q = Arc::new(Queue {
+                        url: url.clone(),
+                        pending: Mutex::new(VecDeque::new()),
+                        ready: Condvar::new(),
+                        stop: AtomicBool::new(false),
+                    });
+                    if self.spawn(id, Arc::clone(&q)).is_err() {
+                        eprintln!("tuk-verifier: cannot start the delivery thread of webhook {id}");
+                        self.metrics.webhook(false);
+                        continue;
+                    }
+                    queues.insert(id.clone(), Arc::clone(&q));
+                    q
+                }
+            };
+            let mut pending = q.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.len() >= QUEUE {
+                pending.pop_front();
+                self.metrics.webhook_dropped();
+            }
+            pending.push_back(Arc::clone(body));
+            drop(pending);
+            q.ready.notify_one();
+        }
+    }
+
+    fn spawn(&self, id: &str, q: Arc<Queue>) -> std::io::Result<()> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(self.timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build()
+            .into();
+        let allow_private = self.allow_private;
+        let metrics = Arc::clone(&self.metrics);
+        let id = id.to_owned();
+        thread::Builder::new()
+            .name(format!("webhook-{id}"))
+            .spawn(move || loop {
+                let body = {
+                    let mut pending = q.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    loop {
+                        if q.stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        if let Some(b) = pending.pop_front() {
+                            break b;
+                        }
+                        pending = q.ready.wait(pending).unwrap_or_else(|p| p.into_inner());
+                    }
+                };
+                if let Err(e) = check_target(&q.url, allow_private) {
+                    metrics.webhook(false);
+                    eprintln!("tuk-verifier: webhook {id}: not delivered: {e}");
+                    continue;
+                }
+                let mut delivered = false;
+                for attempt in 0..TRIES {
+                    if q.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let ok = agent
+                        .post(&q.url)
+                        .header("Content-Type", "application/json")
+                        .send(body.as_bytes())
+                        .is_ok_and(|r| r.status().is_success());
+                    if ok {
+                        delivered = true;
+                        break;
+                    }
+                    if attempt + 1 < TRIES {
+                        thread::sleep(Duration::from_millis(250 << attempt));
+                    }
+                }
+                metrics.webhook(delivered);
+                if !delivered {
+                    eprintln!(
+                        "tuk-verifier: webhook {id} failed {TRIES} times; dropped this notification"
+                    );
+                }
+            })
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_targets_are_refused() {
+        for bad in [
+            "http://127.0.0.1/",
+            "http://127.1.2.3:8080/x",
+            "http://10.0.0.5:8500/v1/secret",
+            "http://172.16.1.1/",
+            "http://192.168.1.1/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://0.0.0.0/",
+            "http://224.0.0.1/",
+            "http://255.255.255.255/",
+            "http://[::1]/",
+            "http://[::]/",
+            "http://[fd00::1]/",
+            "http://[fe80::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[::ffff:10.1.2.3]/",
+            "http://[ff02::1]/",
+            "http://localhost:9/",
+        ] {
+            let e = check_target(bad, false).unwrap_err();
+            assert!(
+                e.contains("--webhook-allow-private") || e.contains("does not resolve"),
+                "{bad}: {e}"
+            );
+            assert!(check_target(bad, true).is_ok(), "{bad}");
+        }
+        for public in ["http://93.184.216.34/hook", "https://[2001:db8::1]:8443/"] {
+            assert!(check_target(public, false).is_ok(), "{public}");
+        }
+        for malformed in [
+            "ftp://93.184.216.34/",
+            "http://user:pw@93.184.216.34/",
+            "/relative",
+        ] {
+            assert!(check_target(malformed, true).is_err(), "{malformed}");
+        }
+    }
+}
