@@ -35,6 +35,12 @@ pub struct Config {
     pub listeners: usize,
     /// Connections served at once; beyond that new SYNs are refused.
     pub max_connections: usize,
+    /// Bytes of HTTP buffers all service connections may hold together
+    /// (`http.buffer_budget`; default [`Config::service_buffer_budget`]).
+    pub buffer_budget: Option<usize>,
+    /// The same for the admin listener (`admin.buffer_budget`; default
+    /// [`Config::admin_buffer_budget`]).
+    pub admin_buffer_budget: Option<usize>,
     /// Unix time (ms) when the launcher started the VM: the wall clock's origin.
     pub unix_time_ms: Option<u64>,
     /// Run-time re-measurement (`integrity.interval_ms`, `integrity.policy`).
@@ -57,6 +63,8 @@ impl Default for Config {
             http: Limits::default(),
             listeners: 64,
             max_connections: 256,
+            buffer_budget: None,
+            admin_buffer_budget: None,
             unix_time_ms: None,
             integrity: crate::integrity::Settings::default(),
         }
@@ -81,7 +89,26 @@ fn parse_level(v: &str) -> Option<LevelFilter> {
     })
 }
 
+/// The smallest budget accepted: one connection's floor plus room for a small body.
+const MIN_BUFFER_BUDGET: usize = 64 * 1024;
+
 impl Config {
+    /// The service listener's buffer budget (net/server.rs): `http.buffer_budget`, else a
+    /// quarter of guest memory, at most 16 MiB (16 MiB for the default 64 MiB guest).
+    pub fn service_buffer_budget(&self, memory_total: u64) -> usize {
+        self.buffer_budget
+            .unwrap_or_else(|| (memory_total / 4).min(16 << 20) as usize)
+    }
+
+    /// The admin listener's: `admin.buffer_budget`, else a sixteenth of guest memory, at
+    /// most 4 MiB (4 MiB for 64 MiB), and never less than one maximal request (a publish).
+    pub fn admin_buffer_budget(&self, memory_total: u64) -> usize {
+        self.admin_buffer_budget.unwrap_or_else(|| {
+            let one_request = self.http.max_body_bytes + self.http.max_head_bytes + 64 * 1024;
+            ((memory_total / 16).min(4 << 20) as usize).max(one_request)
+        })
+    }
+
     /// Parses a command line; returns the configuration and the warnings to log.
     pub fn parse(cmdline: &str) -> (Config, Vec<String>) {
         let mut c = Config::default();
@@ -151,6 +178,18 @@ impl Config {
                     .ok()
                     .filter(|n| (1..=4096).contains(n))
                     .map(|n| c.max_connections = n)
+                    .is_some(),
+                "http.buffer_budget" => value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= MIN_BUFFER_BUDGET)
+                    .map(|n| c.buffer_budget = Some(n))
+                    .is_some(),
+                "admin.buffer_budget" => value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= MIN_BUFFER_BUDGET)
+                    .map(|n| c.admin_buffer_budget = Some(n))
                     .is_some(),
                 "integrity.interval_ms" => {
                     value.parse().map(|v| c.integrity.interval_ms = v).is_ok()

@@ -195,6 +195,10 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
         config.http,
         config.listeners,
         config.max_connections,
+    )
+    .with_buffer_budget(
+        config.service_buffer_budget(free.total()),
+        &net::stats::SERVICE_BUFFERS,
     );
     server.replenish(&mut stack.sockets);
     // The admin plane: its own listener and socket pool (routes.rs says what each serves).
@@ -203,6 +207,10 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
         config.http,
         config.admin_listeners,
         config.admin_max_connections,
+    )
+    .with_buffer_budget(
+        config.admin_buffer_budget(free.total()),
+        &net::stats::ADMIN_BUFFERS,
     );
     admin.replenish(&mut stack.sockets);
     let boot_us = arch::now_us();

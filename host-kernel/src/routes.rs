@@ -344,12 +344,24 @@ impl Router {
     fn health(&self, now_ms: u64) -> Response {
         let heap = heap_stats();
         let wx = &self.facts.wx;
-        let mut body = String::with_capacity(640);
+        let tpm = self.deployer.measurements.state_name();
+        // "ok" only while every measured part works; a failed TPM means no further extends
+        // and no quotes, so the instance is "degraded" (docs/contracts.md, the health document).
+        let status = if tpm == "failed" { "degraded" } else { "ok" };
+        let buffers = |b: &stats::Buffers| {
+            format!(
+                "{{\"bytes\":{},\"budget_bytes\":{},\"refused\":{}}}",
+                get(&b.bytes),
+                get(&b.budget),
+                get(&b.refused)
+            )
+        };
+        let mut body = String::with_capacity(768);
         // Writing into a String cannot fail.
         let _ = write!(
             body,
             concat!(
-                "{{\"status\":\"ok\",\"kernel\":\"tuk-kernel\",\"version\":\"{}\",",
+                "{{\"status\":\"{}\",\"kernel\":\"tuk-kernel\",\"version\":\"{}\",",
                 "\"uptime_ms\":{},\"boot_us\":{},\"clock\":\"tsc\",\"tsc_khz\":{},",
                 "\"interrupts\":{},\"random\":\"{}\",\"components\":{},",
                 "\"tpm\":\"{}\",\"eventlog_records\":{},\"trust\":\"{}\",",
@@ -358,8 +370,10 @@ impl Router {
                 "\"paging\":{{\"mapped_pages\":{},\"executable_pages\":{},\"writable_executable_pages\":{}}},",
                 "\"http\":{{\"connections_accepted\":{},\"connections_active\":{},",
                 "\"connections_refused_full\":{},\"requests\":{},\"responses_2xx\":{},",
-                "\"responses_4xx\":{},\"responses_5xx\":{},\"protocol_errors\":{},\"timeouts\":{},\"rate_limited\":{}}}}}"
+                "\"responses_4xx\":{},\"responses_5xx\":{},\"protocol_errors\":{},\"timeouts\":{},\"rate_limited\":{},",
+                "\"buffers\":{{\"service\":{},\"admin\":{}}}}}}}"
             ),
+            status,
             env!("CARGO_PKG_VERSION"),
             now_ms,
             self.facts.boot_us,
@@ -367,7 +381,7 @@ impl Router {
             interrupt_count(),
             random_source(),
             self.deployer.runtime.components().count(),
-            self.deployer.measurements.state_name(),
+            tpm,
             self.deployer.measurements.record_count(),
             self.deployer.mode_name(),
             self.monitor.kernel.state(),
@@ -390,6 +404,8 @@ impl Router {
             get(&stats::PROTOCOL_ERRORS),
             get(&stats::TIMEOUTS),
             self.rate_limited,
+            buffers(&stats::SERVICE_BUFFERS),
+            buffers(&stats::ADMIN_BUFFERS),
         );
         Response::json(200, body)
     }

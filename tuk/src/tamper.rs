@@ -15,9 +15,13 @@ pub struct TamperArgs {
     /// The running instance's state directory (`tuk run --state-dir`; holds instance.json).
     #[arg(long, value_name = "STATE_DIR")]
     instance: PathBuf,
-    /// What to overwrite: kernel:text, kernel:rodata, kernel:wx (the page-table entry of the
-    /// page at guest address --offset, made writable and executable), component:NAME:code (its compiled code
-    /// image) or component:NAME:data (its first immutable data range, e.g. .rodata).
+    /// What to overwrite: kernel:text or kernel:rodata (a read-only segment of the kernel
+    /// image; --offset from its start); the page-table entry of the 4 KiB page at guest
+    /// address --offset: kernel:wx (made writable and executable), kernel:x (made read+execute:
+    /// NX and WRITABLE cleared), kernel:w (made writable, NX kept), kernel:alias (pointed at the
+    /// next page's frame); kernel:idt, kernel:gdt, kernel:tss (a descriptor table, --offset
+    /// from the address in the status); component:NAME:code (its compiled code image) or
+    /// component:NAME:data (its first immutable data range, e.g. .rodata).
     #[arg(long, value_name = "TARGET")]
     target: Target,
     /// Offset in bytes within the target (decimal, or hex with 0x).
@@ -79,5 +83,31 @@ mod tests {
         assert_eq!(parse_offset("0x18").unwrap(), 24);
         assert!(parse_offset("-1").is_err());
         assert!(parse_offset("0xg").is_err());
+    }
+
+    /// The help names every target the attack library accepts (its error message lists them).
+    #[test]
+    fn help_lists_every_target() {
+        use clap::{CommandFactory, Parser};
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: TamperArgs,
+        }
+        let help = Cli::command().render_long_help().to_string();
+        let help: String = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        let expected = "no-such:target".parse::<Target>().unwrap_err();
+        let list = expected
+            .split_once("(expected ")
+            .and_then(|(_, rest)| rest.strip_suffix(')'))
+            .expect("the library's error lists the targets");
+        let targets: Vec<&str> = list.split([',', ' ']).filter(|w| w.contains(':')).collect();
+        assert!(targets.len() >= 11, "{targets:?}");
+        for target in targets {
+            assert!(
+                help.contains(target),
+                "`tuk tamper --help` lacks {target}:\n{help}"
+            );
+        }
     }
 }

@@ -357,8 +357,8 @@ fn verifier_args(
         INTERVAL_MS.to_string().into(),
         "--state-dir".into(),
         state.into(),
-        // The gateway reads the instance's results without a token; every change below is
-        // made with the admin token.
+        // The test's own reads go without a token (the gateway uses a read token, made with
+        // `tuk verifier token --scope read`); every change below is made with the admin token.
         "--read-anonymous".into(),
         // The test's webhook receiver listens on loopback.
         "--webhook-allow-private".into(),
@@ -379,6 +379,28 @@ fn admin_url(vm: &tuk_e2e::Instance) -> String {
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .and_then(|v| v.get("admin").and_then(Value::as_str).map(str::to_owned))
         .unwrap_or_else(|| vm.url())
+}
+
+/// A read token for the verifier with state `state` (`tuk verifier token --scope read`),
+/// written to `file` (0600) for `tuk gateway --verifier-token`.
+fn read_token_file(state: &Path, file: &Path) -> PathBuf {
+    let out = Command::new(TUK)
+        .args(["verifier", "token", "--scope", "read", "--state-dir"])
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tuk verifier token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("tuk verifier token: {e}: {:?}", out.stdout));
+    assert_eq!(line["scope"], "read", "{line}");
+    let token = line["token"].as_str().expect("a token").to_owned();
+    std::fs::write(file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    file.to_owned()
 }
 
 /// The first admin token a verifier wrote into its state directory.
@@ -589,9 +611,11 @@ fn verifier_gateway_and_kernel_reference() {
         assert_eq!(read["submods"][sub], "affirming", "{read}");
     }
 
-    // The gateway forwards while affirming (the verifier's key pinned).
+    // The gateway forwards while affirming (the verifier's key pinned). It polls the verifier
+    // with a read token (`--verifier-token`), as against a verifier without anonymous reads.
     let jwk_file = dir.join("verifier.jwk.json");
     std::fs::write(&jwk_file, jwk.to_string()).unwrap();
+    let read_token_file = read_token_file(&state, &dir.join("gateway-read.token"));
     let gw_args: Vec<std::ffi::OsString> = vec![
         "gateway".into(),
         "--verifier-key".into(),
@@ -604,7 +628,35 @@ fn verifier_gateway_and_kernel_reference() {
         base.clone().into(),
         "--instance".into(),
         "a".into(),
+        "--verifier-token".into(),
+        read_token_file.into(),
     ];
+    // The token is really sent: with a wrong one the verifier refuses the gateway's polls
+    // (an unknown token is refused even where anonymous reads are open) and it admits nothing.
+    let bad_token_file = dir.join("gateway-bad.token");
+    std::fs::write(&bad_token_file, "not-a-token-of-this-verifier\n").unwrap();
+    let mut bad_args = gw_args.clone();
+    *bad_args.last_mut().unwrap() = bad_token_file.into();
+    let bad = Service::start(&os(&bad_args));
+    let start = Instant::now();
+    let bad_status = loop {
+        let st = json_of("GET", &format!("{}/_gateway/status", bad.url()), None, 200);
+        if st["reason"].as_str().is_some_and(|r| r.contains("401")) {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(2 * INTERVAL_MS),
+            "a gateway with a wrong verifier token: no 401 from the verifier: {st}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(bad_status["admit"], false, "{bad_status}");
+    let (status, body) = call("GET", &format!("{}/hello/", bad.url()), None);
+    assert_eq!(
+        status, 503,
+        "a gateway with a wrong verifier token forwarded: {body}"
+    );
+    drop(bad);
     let gw = Service::start(&os(&gw_args));
     let gw_url = gw.url();
     let (status, body) = call("GET", &format!("{gw_url}/hello/"), None);

@@ -25,6 +25,16 @@ const HEAD_TOO_LARGE: Reject = Reject::new(431, "request header fields too large
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// Growing a buffer would pass the connection's memory limit (`set_memory_limit`).
+const OVERLOADED: Reject = Reject::new(
+    503,
+    "the server's buffer budget is exhausted (too much request data in flight); retry later",
+);
+
+/// Idle input and output buffers larger than this are released rather than kept for reuse,
+/// so a connection's memory falls back once a large request or response is done.
+const SHRINK_ABOVE: usize = 16 * 1024;
+
 #[derive(Debug)]
 enum Phase {
     /// Reading a request head; `scanned` bytes of it were already searched for its end.
@@ -80,6 +90,10 @@ pub struct Connection {
     closing: bool,
     /// Close now, dropping any unsent output.
     aborted: bool,
+    /// Most heap bytes the buffers may hold ([`Connection::set_memory_limit`]).
+    memory_limit: usize,
+    /// Input was refused because buffering it would pass `memory_limit`: answer 503, close.
+    overloaded: bool,
 }
 
 impl Connection {
@@ -97,7 +111,35 @@ impl Connection {
             eof: false,
             closing: false,
             aborted: false,
+            memory_limit: usize::MAX,
+            overloaded: false,
         }
+    }
+
+    /// Heap bytes the connection's buffers hold now: received input, the body of the request
+    /// being read and unsent output (allocated capacity, not just what is in use). A server
+    /// sums this over its connections for a global budget.
+    pub fn memory_bytes(&self) -> usize {
+        let body = match &self.phase {
+            Phase::Body { req, .. } => req.body.capacity(),
+            Phase::Head { .. } => 0,
+        };
+        self.input
+            .capacity()
+            .saturating_add(self.output.capacity())
+            .saturating_add(body)
+    }
+
+    /// Caps [`memory_bytes`](Self::memory_bytes) for input from now on (default: no cap). A
+    /// server with a global budget sets it before feeding each connection, to what this one
+    /// holds plus what is left of the budget. Input (received bytes, a request body) that
+    /// would need more is refused with `503 Service Unavailable`, `Retry-After: 1` and
+    /// `Connection: close`, its buffers released at once; a lowered limit never takes memory
+    /// already held. Output is never refused (a handler's response is always sent), but while
+    /// the limit is passed and output is pending, pipelined requests wait as for
+    /// `max_output_bytes`.
+    pub fn set_memory_limit(&mut self, bytes: usize) {
+        self.memory_limit = bytes;
     }
 
     /// Buffers received bytes. At most [`input_room`](Self::input_room) bytes are kept; more
@@ -113,6 +155,13 @@ impl Connection {
             self.request_started = Some(now_ms);
         }
         let take = data.len().min(self.input_room());
+        let others = self.memory_bytes() - self.input.capacity();
+        let most = self.pos.saturating_add(self.input_cap());
+        let need = self.input.len() + take;
+        if !grow_within(&mut self.input, need, most, others, self.memory_limit) {
+            self.overloaded = true;
+            return;
+        }
         self.input.extend_from_slice(&data[..take]);
         if take < data.len() {
             self.eof = true;
@@ -122,15 +171,19 @@ impl Connection {
     /// How many more bytes `receive` will buffer: about `max_head_bytes + max_body_bytes`
     /// in total. A kernel that reads only this much leaves the rest to TCP flow control.
     pub fn input_room(&self) -> usize {
-        let cap = (self.limits.max_head_bytes)
+        self.input_cap().saturating_sub(self.input.len() - self.pos)
+    }
+
+    fn input_cap(&self) -> usize {
+        (self.limits.max_head_bytes)
             .saturating_add(self.limits.max_body_bytes)
-            .saturating_add(MAX_CHUNK_LINE);
-        cap.saturating_sub(self.input.len() - self.pos)
+            .saturating_add(MAX_CHUNK_LINE)
     }
 
     /// Whether the kernel should read from the socket now.
     pub fn wants_input(&self) -> bool {
-        !(self.closing || self.aborted || self.eof || self.backpressured()) && self.input_room() > 0
+        !(self.closing || self.aborted || self.eof || self.overloaded || self.backpressured())
+            && self.input_room() > 0
     }
 
     /// The peer shut down its sending side. Call [`process`](Self::process) afterwards.
@@ -153,6 +206,10 @@ impl Connection {
         self.output.drain(..self.sent);
         self.sent = 0;
 
+        if self.overloaded && !self.closing {
+            stats.overloaded += 1;
+            self.send_error(OVERLOADED, now_ms, &mut stats);
+        }
         while !self.closing {
             let at_boundary = matches!(self.phase, Phase::Head { .. });
             if at_boundary && self.backpressured() {
@@ -176,6 +233,10 @@ impl Connection {
                     let resp = handler.handle(&req, now_ms);
                     self.respond(&req, resp, keep_alive, now_ms, &mut stats);
                 }
+                Step::Reject(reject) if reject == OVERLOADED => {
+                    stats.overloaded += 1;
+                    self.send_error(reject, now_ms, &mut stats);
+                }
                 Step::Reject(reject) => {
                     stats.protocol_errors += 1;
                     self.send_error(reject, now_ms, &mut stats);
@@ -184,6 +245,9 @@ impl Connection {
         }
         self.input.drain(..self.pos);
         self.pos = 0;
+        if self.input.is_empty() && self.input.capacity() > SHRINK_ABOVE {
+            self.input = Vec::new();
+        }
         self.apply_timeouts(now_ms, &mut stats);
         stats
     }
@@ -201,6 +265,9 @@ impl Connection {
         if self.sent == self.output.len() {
             self.output.clear();
             self.sent = 0;
+            if self.output.capacity() > SHRINK_ABOVE {
+                self.output = Vec::new();
+            }
         }
     }
 
@@ -229,7 +296,9 @@ impl Connection {
     }
 
     fn backpressured(&self) -> bool {
-        self.output().len() > self.limits.max_output_bytes
+        let output = self.output().len();
+        output > self.limits.max_output_bytes
+            || (output > 0 && self.memory_bytes() > self.memory_limit)
     }
 
     fn apply_timeouts(&mut self, now_ms: u64, stats: &mut Processed) {
@@ -253,14 +322,17 @@ impl Connection {
     /// Stops taking requests: buffered input is dropped and further input discarded.
     fn close_gracefully(&mut self) {
         self.closing = true;
-        self.input.clear();
+        self.input = Vec::new();
         self.pos = 0;
         self.phase = Phase::Head { scanned: 0 };
         self.request_started = None;
     }
 
     fn send_error(&mut self, reject: Reject, now_ms: u64, stats: &mut Processed) {
-        let resp = Response::error(reject.status, reject.message);
+        let mut resp = Response::error(reject.status, reject.message);
+        if reject == OVERLOADED {
+            resp = resp.with_header("Retry-After", "1");
+        }
         write_response(&mut self.output, &resp, false, Some("close"));
         stats.count_response(reject.status);
         self.last_activity = now_ms;
@@ -344,7 +416,25 @@ impl Connection {
                     mut framing,
                     keep_alive,
                 } => {
+                    let others = self.input.capacity() + self.output.capacity();
                     let buf = &self.input[self.pos..];
+                    let (need, most) = match &framing {
+                        Framing::Length(remaining) => (
+                            req.body.len() + (*remaining).min(buf.len()),
+                            req.body.len() + *remaining,
+                        ),
+                        // Decoded data is never longer than its framing.
+                        Framing::Chunked(_) => {
+                            let room = self.limits.max_body_bytes.saturating_sub(req.body.len());
+                            (
+                                req.body.len() + buf.len().min(room),
+                                self.limits.max_body_bytes,
+                            )
+                        }
+                    };
+                    if !grow_within(&mut req.body, need, most, others, self.memory_limit) {
+                        return Step::Reject(OVERLOADED);
+                    }
                     let done = match &mut framing {
                         Framing::Length(remaining) => {
                             let n = (*remaining).min(buf.len());
@@ -376,6 +466,24 @@ impl Connection {
             }
         }
     }
+}
+
+/// Makes room in `v` for `need` bytes if the connection then holds at most `limit` bytes
+/// (`others`: its memory outside `v`). Grows by doubling (amortised copies) up to `most`, or
+/// exactly to `need` when doubling would pass the limit. False: no room, `v` unchanged.
+fn grow_within(v: &mut Vec<u8>, need: usize, most: usize, others: usize, limit: usize) -> bool {
+    let cap = v.capacity();
+    if need <= cap {
+        return true;
+    }
+    let doubled = cap.saturating_mul(2).max(need).min(most.max(need));
+    for want in [doubled, need] {
+        if others.saturating_add(want) <= limit {
+            v.reserve_exact(want - v.len());
+            return true;
+        }
+    }
+    false
 }
 
 /// Finds the end of a head (just past its empty line, CRLF or bare LF as httparse accepts).
@@ -1229,5 +1337,94 @@ mod tests {
             }
             assert_eq!(serve(Limits::default(), &pieces).0, expected);
         }
+    }
+
+    /// A body that would pass the memory limit is refused with 503 before it is buffered,
+    /// its memory released; the same connection under the limit is served.
+    #[test]
+    fn memory_limit_refuses_a_body_with_503_and_releases_it() {
+        let mut conn = Connection::new(Limits::default(), 0);
+        conn.set_memory_limit(64 * 1024);
+        conn.receive(b"PUT /x HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n", 0);
+        let mut stats = conn.process(&mut echo, 0);
+        let chunk = [b'a'; 8192];
+        let mut fed = 0;
+        while conn.wants_input() && fed < 1 << 20 {
+            conn.receive(&chunk, 0);
+            stats += conn.process(&mut echo, 0);
+            assert!(
+                conn.memory_bytes() <= 64 * 1024 + 1024,
+                "{}",
+                conn.memory_bytes()
+            );
+            fed += chunk.len();
+        }
+        assert!(fed < 128 * 1024, "stopped reading after {fed} bytes");
+        let out = drain(&mut conn);
+        assert!(out.starts_with("HTTP/1.1 503 "), "{out}");
+        assert!(out.contains("Retry-After: 1\r\n"), "{out}");
+        assert!(out.contains("Connection: close\r\n"), "{out}");
+        assert_eq!((stats.overloaded, stats.protocol_errors), (1, 0));
+        assert_eq!(stats.responses_5xx, 1);
+        assert!(conn.should_close());
+        assert!(conn.memory_bytes() < 1024, "{}", conn.memory_bytes());
+
+        // Under the limit the same request is served, and the memory falls back afterwards.
+        let mut conn = Connection::new(Limits::default(), 0);
+        conn.set_memory_limit(2 << 20);
+        conn.receive(b"PUT /x HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n", 0);
+        let mut stats = conn.process(&mut echo, 0);
+        for _ in 0..128 {
+            conn.receive(&chunk, 0);
+            stats += conn.process(&mut echo, 0);
+        }
+        assert_eq!((stats.requests, stats.overloaded), (1, 0));
+        assert!(drain(&mut conn).starts_with("HTTP/1.1 200 "));
+        assert!(
+            conn.memory_bytes() <= SHRINK_ABOVE,
+            "{}",
+            conn.memory_bytes()
+        );
+    }
+
+    /// The limit applies to received bytes too (a head arriving into a full budget), and to
+    /// chunked bodies as they are decoded.
+    #[test]
+    fn memory_limit_covers_input_and_chunked_bodies() {
+        let mut conn = Connection::new(Limits::default(), 0);
+        conn.set_memory_limit(16);
+        conn.receive(b"GET /a-long-path HTTP/1.1\r\nHost: x\r\n\r\n", 0);
+        assert!(!conn.wants_input());
+        let stats = conn.process(&mut echo, 0);
+        assert_eq!((stats.requests, stats.overloaded), (0, 1));
+        assert!(drain(&mut conn).starts_with("HTTP/1.1 503 "));
+
+        let mut conn = Connection::new(Limits::default(), 0);
+        conn.set_memory_limit(40 * 1024);
+        conn.receive(b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 0);
+        let mut stats = conn.process(&mut echo, 0);
+        let mut chunk = b"1000\r\n".to_vec();
+        chunk.extend([b'z'; 4096]);
+        chunk.extend_from_slice(b"\r\n");
+        for _ in 0..32 {
+            if !conn.wants_input() {
+                break;
+            }
+            conn.receive(&chunk, 0);
+            stats += conn.process(&mut echo, 0);
+            assert!(conn.memory_bytes() <= 40 * 1024 + 1024);
+        }
+        assert_eq!((stats.requests, stats.overloaded), (0, 1));
+        assert!(drain(&mut conn).starts_with("HTTP/1.1 503 "));
+    }
+
+    /// Without a limit (the default) nothing changes: a maximal body is served.
+    #[test]
+    fn no_memory_limit_by_default() {
+        let mut body = b"PUT /x HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n".to_vec();
+        body.extend(std::iter::repeat_n(b'q', 1 << 20));
+        let (out, stats, _) = serve(Limits::default(), &[&body]);
+        assert!(out.starts_with("HTTP/1.1 200 "), "{}", &out[..40]);
+        assert_eq!((stats.requests, stats.overloaded), (1, 0));
     }
 }

@@ -36,6 +36,11 @@
 //!   read, a chunked body as soon as a chunk would pass it). Chunk framing is decoded as it
 //!   arrives, so it does not accumulate. Pending output stops growing once it passes
 //!   `max_output_bytes`: further pipelined requests wait until it drains (backpressure).
+//! - A server can cap each connection's heap buffers ([`Connection::set_memory_limit`],
+//!   read with [`Connection::memory_bytes`]) to enforce a budget shared by all its
+//!   connections: input that would pass the cap gets `503` with `Retry-After: 1` and
+//!   `Connection: close` (counted as `overloaded`) and its buffers are released at once.
+//!   Idle buffers over 16 KiB are released, so memory falls back after a large request.
 //! - Malformed or oversized requests get one final error response with a JSON body
 //!   (`400`, `413`, `431`, `501`, `505`, counted as `protocol_errors`) and
 //!   `Connection: close`; everything after them is discarded and the connection closes.
@@ -122,6 +127,9 @@ pub struct Processed {
     pub protocol_errors: u32,
     /// 408 responses and idle closes.
     pub timeouts: u32,
+    /// 503 responses because input would pass the connection's memory limit
+    /// ([`Connection::set_memory_limit`]).
+    pub overloaded: u32,
     /// Final responses by class (handler and engine responses alike).
     pub responses_2xx: u32,
     pub responses_4xx: u32,
@@ -145,6 +153,7 @@ impl core::ops::AddAssign for Processed {
         add(&mut self.requests, rhs.requests);
         add(&mut self.protocol_errors, rhs.protocol_errors);
         add(&mut self.timeouts, rhs.timeouts);
+        add(&mut self.overloaded, rhs.overloaded);
         add(&mut self.responses_2xx, rhs.responses_2xx);
         add(&mut self.responses_4xx, rhs.responses_4xx);
         add(&mut self.responses_5xx, rhs.responses_5xx);

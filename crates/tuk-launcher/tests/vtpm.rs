@@ -515,6 +515,7 @@ fn a_dead_tpm_shows_in_health() {
         killed.elapsed().as_millis()
     );
     assert_eq!(last["tpm"], "failed", "within {bound:?}: {last}");
+    assert_eq!(last["status"], "degraded", "a failed TPM is not ok: {last}");
     let exit = vm.shutdown(Duration::from_secs(10)).unwrap();
     eprintln!("exit: {exit}");
 }

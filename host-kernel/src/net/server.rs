@@ -8,6 +8,18 @@
 //! The kernel runs one server per listener (service and admin, main.rs), each with its own
 //! pool: connections on one never count against the other's `max_connections`.
 //!
+//! All connections of a listener share one budget of buffered bytes (`http.buffer_budget`,
+//! `admin.buffer_budget`): before a connection's buffers grow (head, body, pipelined input),
+//! the engine checks that the listener's total stays within the budget, and refuses the
+//! request with `503`, `Retry-After: 1` and `Connection: close` otherwise, releasing its
+//! buffers at once (`tuk_http::Connection::set_memory_limit`). Every connection may still
+//! hold [`FLOOR`] bytes whatever the others hold, so a small request (a health probe, a GET)
+//! is served while the budget is taken by bodies. The listener's buffers thus hold at most
+//! `budget + max_connections x FLOOR` bytes (plus one handler response per connection), a
+//! bound independent of what peers send. Refusing, rather than leaving the data in TCP
+//! (backpressure), frees the memory at once instead of after `request_timeout`, and tells the
+//! client to retry.
+//!
 //! Every connection is bounded in time: the protocol engine enforces request and idle timeouts
 //! (idle includes a peer that stops reading our output); the server adds a linger limit after
 //! close and smoltcp a retransmission timeout. Nothing a peer does can keep a socket forever.
@@ -28,6 +40,9 @@ const TX_BUFFER: usize = 16 * 1024;
 const CLOSE_LINGER_MS: u64 = 5_000;
 /// TCP-level timeout: unacknowledged data for this long aborts the connection.
 const TCP_TIMEOUT_MS: u64 = 30_000;
+/// What a connection may buffer regardless of the budget: a maximal head read in socket-sized
+/// pieces (the default `max_head_bytes` is 8 KiB), and a small response.
+pub const FLOOR: usize = 16 * 1024;
 
 struct Slot {
     handle: SocketHandle,
@@ -44,9 +59,13 @@ pub struct HttpServer {
     max_connections: usize,
     slots: Vec<Slot>,
     accepting: bool,
+    /// The budget for all connections' buffers together, and where the counts go.
+    budget: usize,
+    buffers: &'static stats::Buffers,
 }
 
 impl HttpServer {
+    /// A server without a buffer budget until [`with_buffer_budget`](Self::with_buffer_budget).
     pub fn new(port: u16, limits: Limits, listeners: usize, max_connections: usize) -> Self {
         HttpServer {
             port,
@@ -55,7 +74,20 @@ impl HttpServer {
             max_connections,
             slots: Vec::new(),
             accepting: true,
+            budget: usize::MAX,
+            buffers: &stats::SERVICE_BUFFERS,
         }
+    }
+
+    /// Shares `budget` bytes of HTTP buffers among all connections (module docs); the bytes
+    /// held, the budget and the refusals are published in `buffers` (health).
+    pub fn with_buffer_budget(mut self, budget: usize, buffers: &'static stats::Buffers) -> Self {
+        self.budget = budget;
+        self.buffers = buffers;
+        buffers
+            .budget
+            .store(budget as u64, core::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     fn listen(&mut self, sockets: &mut SocketSet<'static>) -> bool {
@@ -112,6 +144,12 @@ impl HttpServer {
         now_ms: u64,
     ) -> bool {
         let mut progress = false;
+        let mut held: usize = self
+            .slots
+            .iter()
+            .filter_map(|s| s.conn.as_ref())
+            .map(Connection::memory_bytes)
+            .sum();
         let mut i = 0;
         while i < self.slots.len() {
             let slot = &mut self.slots[i];
@@ -122,6 +160,8 @@ impl HttpServer {
                     continue;
                 }
                 State::Closed | State::TimeWait => {
+                    held =
+                        held.saturating_sub(slot.conn.as_ref().map_or(0, Connection::memory_bytes));
                     sockets.remove(slot.handle);
                     self.slots.swap_remove(i);
                     progress = true;
@@ -134,7 +174,13 @@ impl HttpServer {
                 stats::add(&stats::CONNECTIONS_ACCEPTED, 1);
                 progress = true;
             }
-            progress |= serve(slot, socket, handler, now_ms);
+            let own = slot.conn.as_ref().map_or(0, Connection::memory_bytes);
+            let others = held.saturating_sub(own);
+            if let Some(conn) = slot.conn.as_mut() {
+                conn.set_memory_limit(self.budget.saturating_sub(others).max(FLOOR));
+            }
+            progress |= serve(slot, socket, handler, self.buffers, now_ms);
+            held = others + slot.conn.as_ref().map_or(0, Connection::memory_bytes);
             if let Some(since) = slot.closing_since {
                 if now_ms.saturating_sub(since) > CLOSE_LINGER_MS {
                     socket.abort();
@@ -142,6 +188,9 @@ impl HttpServer {
             }
             i += 1;
         }
+        self.buffers
+            .bytes
+            .store(held as u64, core::sync::atomic::Ordering::Relaxed);
         progress
     }
 
@@ -203,6 +252,7 @@ fn serve(
     slot: &mut Slot,
     socket: &mut tcp::Socket<'_>,
     handler: &mut dyn Handler,
+    buffers: &stats::Buffers,
     now_ms: u64,
 ) -> bool {
     let Some(conn) = slot.conn.as_mut() else {
@@ -232,10 +282,11 @@ fn serve(
     stats::add(&stats::REQUESTS, done.requests);
     stats::add(&stats::PROTOCOL_ERRORS, done.protocol_errors);
     stats::add(&stats::TIMEOUTS, done.timeouts);
+    stats::add(&buffers.refused, done.overloaded);
     stats::add(&stats::RESPONSES_2XX, done.responses_2xx);
     stats::add(&stats::RESPONSES_4XX, done.responses_4xx);
     stats::add(&stats::RESPONSES_5XX, done.responses_5xx);
-    progress |= done.requests + done.protocol_errors + done.timeouts > 0;
+    progress |= done.requests + done.protocol_errors + done.timeouts + done.overloaded > 0;
 
     let mut sent_any = false;
     while !conn.output().is_empty() && socket.can_send() {

@@ -22,3 +22,24 @@ pub fn add(counter: &AtomicU64, n: u32) {
 pub fn get(counter: &AtomicU64) -> u64 {
     counter.load(Relaxed)
 }
+
+/// One listener's buffer budget (net/server.rs): the heap bytes its connections' HTTP buffers
+/// hold now, the budget, and the requests refused with 503 because of it.
+pub struct Buffers {
+    pub bytes: AtomicU64,
+    pub budget: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+impl Buffers {
+    const fn new() -> Self {
+        Buffers {
+            bytes: AtomicU64::new(0),
+            budget: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+}
+
+pub static SERVICE_BUFFERS: Buffers = Buffers::new();
+pub static ADMIN_BUFFERS: Buffers = Buffers::new();
