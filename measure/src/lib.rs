@@ -41,7 +41,7 @@ pub mod version;
 
 mod verify;
 
-pub use verify::{verify_bundle, Verified, VerifyError};
+pub use verify::{trusted_signer_among, verify_bundle, Verified, VerifyError};
 
 /// Whether `name` is a valid component name (the boot pack's rule: `[a-z0-9-]`, 1-63 bytes,
 /// not starting with `-`); statements and policies use the same rule.

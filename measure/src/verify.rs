@@ -189,8 +189,9 @@ fn trusted_signer(envelope: &Envelope, policy: &TrustPolicy) -> Option<String> {
     trusted_signer_among(envelope, &policy.keys)
 }
 
-/// The keyid of the first key in `keys` with a valid signature on `envelope`.
-pub(crate) fn trusted_signer_among(envelope: &Envelope, keys: &[TrustedKey]) -> Option<String> {
+/// The keyid of the first key in `keys` with a valid signature on `envelope` (also used for
+/// the out-of-guest monitor's reports).
+pub fn trusted_signer_among(envelope: &Envelope, keys: &[TrustedKey]) -> Option<String> {
     let message = envelope.pae();
     for sig in &envelope.signatures {
         let Ok(signature) = ed25519_dalek::Signature::from_slice(&sig.sig) else {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::Value;
+use tuk_attest::monitor_report;
 use tuk_attest::result::Claim;
 use tuk_attest::{AttestationResult, HttpAttester, Status, Submodule};
 
@@ -29,14 +30,50 @@ pub struct AttestArgs {
     /// Seconds each request to the instance may take.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     timeout: u64,
+    /// The out-of-guest monitor's signed report for this instance (`tuk run
+    /// --monitor-report-listen`; the ready event's "monitor_report"), fetched after the quote:
+    /// it must be signed by a --monitor-key, name the quoted AK and boot (PCR 4/5) and be
+    /// fresh; a flagged one contraindicates, a missing, stale or unverifiable one is a warning.
+    #[arg(long, value_name = "URL", requires = "monitor_key")]
+    monitor_report: Option<String>,
+    /// A monitor key the report must be signed by (the launcher host's monitor.pub, from
+    /// ~/.local/share/tuk/monitor or $TUK_MONITOR_KEY_DIR; repeatable).
+    #[arg(
+        long = "monitor-key",
+        value_name = "KEY.pub",
+        requires = "monitor_report"
+    )]
+    monitor_key: Vec<std::path::PathBuf>,
 }
 
 pub fn attest(args: AttestArgs) -> Result<ExitCode> {
     let refs = args.refs.load()?;
-    let mut attester = HttpAttester::new(&args.url, Duration::from_secs(args.timeout.max(1)));
+    let monitor_keys = if args.monitor_key.is_empty() {
+        Vec::new()
+    } else {
+        crate::sign::policy_of_keys(&args.monitor_key)
+            .context("--monitor-key")?
+            .keys
+    };
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let mut attester = HttpAttester::new(&args.url, timeout);
     let started = Instant::now();
-    let result = tuk_attest::attest(&mut attester, &refs)
-        .with_context(|| format!("cannot attest {}", attester.base_url()))?;
+    let (result, evidence) = {
+        let mut tap = monitor_report::EvidenceTap::new(&mut attester);
+        let result = tuk_attest::attest(&mut tap, &refs);
+        (result, tap.evidence)
+    };
+    let mut result = result.with_context(|| format!("cannot attest {}", attester.base_url()))?;
+    if let Some(url) = &args.monitor_report {
+        let fetched = monitor_report::fetch(url, timeout);
+        monitor_report::appraise_report(
+            &mut result,
+            evidence.as_ref(),
+            fetched,
+            &monitor_keys,
+            None,
+        );
+    }
     let elapsed = started.elapsed();
     let mut out = std::io::stdout().lock();
     if args.json {

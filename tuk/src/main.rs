@@ -20,6 +20,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use tuk_launcher::monitor::{self, MonitorThread, Violation};
+use tuk_launcher::monitor_report;
 use tuk_launcher::{kernel, qemu, Accel, Instance, KernelSource, RunConfig};
 
 mod attest;
@@ -176,6 +177,14 @@ struct RunArgs {
     /// configuration and vTPM).
     #[arg(long, value_enum, value_name = "POLICY", default_value = "report")]
     monitor_policy: MonitorPolicy,
+    /// Serve the out-of-guest monitor's latest signed report at http://IP:PORT/report (port 0:
+    /// a free one; the ready event's "monitor_report" says which). After every check the
+    /// launcher signs a report (verdict, findings, the instance's AK and boot) with the
+    /// per-user monitor key ($TUK_MONITOR_KEY_DIR, else ~/.local/share/tuk/monitor; a verifier
+    /// trusts its monitor.pub with --monitor-key) and writes it to <state>/monitor-report.json
+    /// (also without this option, while the monitor runs).
+    #[arg(long, value_name = "IP:PORT")]
+    monitor_report_listen: Option<SocketAddr>,
     /// In-guest measurement: every MS milliseconds the kernel re-measures its text, read-only
     /// data and page tables, and every component's code and invariants (kernel argument
     /// `integrity.interval_ms`; 0 = off; at least 10).
@@ -372,6 +381,9 @@ enum Event<'a> {
         console_log: &'a std::path::Path,
         /// `<state_dir>/instance.json` (docs/contracts.md).
         instance: std::path::PathBuf,
+        /// `--monitor-report-listen`: where the monitor's signed report is served.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        monitor_report: Option<String>,
     },
     Stopped {
         /// `signal` (we stopped it), `vm-exited` (it stopped by itself) or
@@ -380,11 +392,12 @@ enum Event<'a> {
         clean: bool,
         exit_status: Option<i32>,
     },
-    /// The out-of-guest monitor found a read-only kernel segment changed in guest RAM.
+    /// The out-of-guest monitor found a read-only kernel segment or a component's code image
+    /// changed in guest RAM.
     IntegrityViolation {
         /// `out-of-guest` (the in-guest monitor reports in /_tuk/status).
         source: &'a str,
-        /// `text` or `rodata`.
+        /// `text`, `rodata`, or `component:NAME:code`.
         segment: &'a str,
         perm: &'a str,
         /// Guest-physical address of the first changed byte.
@@ -553,9 +566,53 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             .display()
     );
 
+    // The monitor's signed report: the key (per user), the latest report (served across
+    // restarts), and seq (increasing across restarts and later runs: it starts at now in ms).
+    let reports = if args.monitor_interval > 0 {
+        let dir = monitor_report::default_key_dir();
+        match monitor_report::MonitorKey::load_or_create(&dir) {
+            Ok(key) => {
+                eprintln!(
+                    "tuk: monitor reports signed by {} (trust {} with --monitor-key)",
+                    key.keyid(),
+                    key.pub_path().display()
+                );
+                Some(Reports {
+                    key: Arc::new(key),
+                    latest: monitor_report::Latest::default(),
+                    seq: Arc::new(std::sync::atomic::AtomicU64::new(monitor_unix_ms())),
+                })
+            }
+            // Signed reports are what --monitor-report-listen serves: without it, the monitor
+            // still runs and reports on stdout.
+            Err(e) if args.monitor_report_listen.is_none() => {
+                eprintln!("tuk: no signed monitor reports: {e}");
+                None
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context("cannot load or create the out-of-guest monitor's signing key"))
+            }
+        }
+    } else {
+        if args.monitor_report_listen.is_some() {
+            anyhow::bail!(
+                "--monitor-report-listen needs the out-of-guest monitor: drop --monitor-interval 0"
+            );
+        }
+        None
+    };
+    let report_server = match (&reports, args.monitor_report_listen) {
+        (Some(r), Some(addr)) => Some(serve_reports(addr, &r.latest)?),
+        _ => None,
+    };
+    let report_url = report_server
+        .as_ref()
+        .map(|s| format!("http://{}/report", s.addr()));
+
     let mut vm = Instance::start(cfg.clone())?;
-    announce(&vm)?;
-    let mut monitor = start_monitor(&vm, &args)?;
+    announce(&vm, report_url.as_deref())?;
+    let mut monitor = start_monitor(&vm, &args, reports.as_ref())?;
     let mut monitor_errors: Vec<String> = Vec::new();
 
     loop {
@@ -608,11 +665,14 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         };
         match event {
             Some(monitor::Event::Violation(v)) => {
+                let what = match v.segment.strip_prefix("component:") {
+                    Some(c) => format!("component {}'s code image", c.trim_end_matches(":code")),
+                    None => format!("the kernel's {} segment", v.segment),
+                };
                 eprintln!(
-                    "tuk: INTEGRITY VIOLATION (out-of-guest): the kernel's {} segment ({}) \
+                    "tuk: INTEGRITY VIOLATION (out-of-guest): {what} ({}) \
                      differs from the image at paddr {:#x} (offset {:#x} of {} bytes), \
                      sha256 {} instead of {}; policy: {}",
-                    v.segment,
                     v.perm,
                     v.paddr,
                     v.offset,
@@ -645,8 +705,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                         })?;
                         drop(vm);
                         vm = Instance::start(cfg.clone())?;
-                        announce(&vm)?;
-                        monitor = start_monitor(&vm, &args)?;
+                        announce(&vm, report_url.as_deref())?;
+                        monitor = start_monitor(&vm, &args, reports.as_ref())?;
                     }
                 }
             }
@@ -663,7 +723,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
 }
 
 /// Says on stderr and as a `ready` event that `vm` serves.
-fn announce(vm: &Instance) -> Result<()> {
+fn announce(vm: &Instance, monitor_report: Option<&str>) -> Result<()> {
     let measured = vm.measured_boot();
     eprintln!(
         "tuk: vTPM {} ({}), measured launch {} ms: PCR 4 kernel sha256:{}, PCR 5 boot config sha256:{}; event log {}",
@@ -695,7 +755,69 @@ fn announce(vm: &Instance) -> Result<()> {
         guest_boot_us: vm.guest_boot_us(),
         console_log: vm.console_log_path(),
         instance: tuk_launcher::InstanceInfo::path(vm.state_dir()),
+        monitor_report: monitor_report.map(str::to_owned),
     })
+}
+
+/// What signs and publishes the monitor's reports, shared by every VM of one `tuk run`.
+struct Reports {
+    key: Arc<monitor_report::MonitorKey>,
+    latest: monitor_report::Latest,
+    seq: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn monitor_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The signer of `vm`'s monitor reports: bound to its AK (from its identity document) and the
+/// launcher's PCR 4/5 records of this boot.
+fn reporter(vm: &Instance, args: &RunArgs, reports: &Reports) -> Result<monitor_report::Reporter> {
+    let ak_name = monitor_report::ak_name(vm.admin_addr())
+        .context("cannot bind the monitor's reports to the instance's attestation key")?;
+    monitor_report::Reporter::new(
+        Arc::clone(&reports.key),
+        vm.admin_url(),
+        ak_name,
+        &vm.measured_boot().records,
+        args.monitor_interval,
+        vm.state_dir(),
+        Arc::clone(&reports.latest),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot digest the launcher's PCR 4/5 records: {e}"))
+}
+
+/// `--monitor-report-listen`: `GET /report` answers the latest signed report (503 before the
+/// first check).
+fn serve_reports(addr: SocketAddr, latest: &monitor_report::Latest) -> Result<tuk_httpd::Running> {
+    let latest = Arc::clone(latest);
+    let handler: Arc<tuk_httpd::Handler> = Arc::new(move |req: &tuk_httpd::Request| {
+        if req.path != "/report" {
+            return tuk_httpd::Response::error(
+                404,
+                "not found: the monitor report is at GET /report",
+            );
+        }
+        if req.method != "GET" && req.method != "HEAD" {
+            return tuk_httpd::Response::error(405, "only GET /report");
+        }
+        match latest.lock().ok().and_then(|l| l.clone()) {
+            Some(body) => {
+                tuk_httpd::Response::json(200, body).with_header("Cache-Control", "no-store")
+            }
+            None => tuk_httpd::Response::error(
+                503,
+                "no report yet: the monitor has not finished a check",
+            ),
+        }
+    });
+    tuk_httpd::Server::bind(addr)
+        .with_context(|| format!("cannot listen on {addr} for --monitor-report-listen"))?
+        .max_connections(32)
+        .spawn(handler)
+        .context("cannot start the monitor report server")
 }
 
 /// Starts the out-of-guest monitor for `vm` (unless `--monitor-interval 0`); its violations
@@ -704,26 +826,49 @@ fn announce(vm: &Instance) -> Result<()> {
 fn start_monitor(
     vm: &Instance,
     args: &RunArgs,
+    reports: Option<&Reports>,
 ) -> Result<Option<(MonitorThread, mpsc::Receiver<monitor::Event>)>> {
     if args.monitor_interval == 0 {
         return Ok(None);
     }
-    let m = vm
+    let mut m = vm
         .monitor()
         .context("cannot start the out-of-guest monitor")?;
+    m.watch_components(vm.admin_addr());
     let bytes: u64 = m.image().segments.iter().map(|s| s.len).sum();
     eprintln!(
-        "tuk: out-of-guest monitor: kernel text and read-only data ({bytes} bytes) in {} every {} ms, policy {}",
+        "tuk: out-of-guest monitor: kernel text and read-only data ({bytes} bytes) and component code images in {} every {} ms, policy {}",
         m.memory_file().display(),
         args.monitor_interval,
         args.monitor_policy.as_str()
     );
+    let mut reporter = match reports {
+        Some(reports) => match reporter(vm, args, reports) {
+            Ok(r) => Some((r, Arc::clone(&reports.seq))),
+            Err(e) if args.monitor_report_listen.is_none() => {
+                eprintln!("tuk: no signed monitor reports: {e:#}");
+                None
+            }
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
     let (tx, rx) = mpsc::channel();
     let thread = m
         .spawn(Duration::from_millis(args.monitor_interval), move |e| {
-            if !matches!(e, monitor::Event::Checked(_)) {
-                let _ = tx.send(e);
+            match (&e, &mut reporter) {
+                (monitor::Event::Violation(v), Some((r, _))) => r.finding(v),
+                (monitor::Event::Checked(report), Some((r, seq))) => {
+                    let n = seq.fetch_add(1, Ordering::Relaxed);
+                    if let Err(err) = r.checked(report, n) {
+                        let _ = tx.send(monitor::Event::Error(err.to_string()));
+                    }
+                    return;
+                }
+                (monitor::Event::Checked(_), None) => return,
+                _ => {}
             }
+            let _ = tx.send(e);
         })
         .context("cannot start the monitor thread")?;
     Ok(Some((thread, rx)))

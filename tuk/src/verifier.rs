@@ -175,6 +175,16 @@ pub struct ServeArgs {
     /// result is always kept). 0 keeps every result.
     #[arg(long, value_name = "DAYS", default_value_t = 30)]
     retain_days: u64,
+    /// A key out-of-guest monitor reports must be signed by (a launcher host's monitor.pub,
+    /// from ~/.local/share/tuk/monitor or $TUK_MONITOR_KEY_DIR; repeatable). Instances
+    /// registered with a "monitor_url" are then affirming only with a verified, fresh, clean
+    /// report from it.
+    #[arg(long = "monitor-key", value_name = "KEY.pub")]
+    monitor_key: Vec<PathBuf>,
+    /// Every instance needs a monitor report: one registered without "monitor_url" is at best
+    /// a warning. Needs --monitor-key.
+    #[arg(long, requires = "monitor_key")]
+    require_monitor: bool,
     #[command(flatten)]
     refs: ReferenceArgs,
 }
@@ -294,6 +304,14 @@ pub fn verifier(cmd: VerifierCommand) -> Result<ExitCode> {
             .then(|| Duration::from_secs(args.retain_days.saturating_mul(86_400))),
         max_instances: args.max_instances,
         webhook_allow_private: args.webhook_allow_private,
+        monitor_keys: if args.monitor_key.is_empty() {
+            Vec::new()
+        } else {
+            crate::sign::policy_of_keys(&args.monitor_key)
+                .context("--monitor-key")?
+                .keys
+        },
+        require_monitor: args.require_monitor,
     };
     let service = tuk_verifier::Verifier::start(cfg, store, signer)
         .context("cannot load the verifier's state")?;

@@ -3,6 +3,8 @@
 //! prints an `integrity-violation` event naming the segment and offset, then acts on
 //! `--monitor-policy`: `stop` shuts the VM down and exits 3, `restart` boots a fresh VM (new
 //! RAM file, same state directory) and serves again. No RAM file or instance.json outlives its VM.
+//! A component's code image overwritten while the guest's own monitor is off is found by the
+//! launcher's monitor too.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -46,6 +48,11 @@ struct Run {
 
 impl Run {
     fn start(name: &str, policy: &str) -> Run {
+        Self::start_with(name, policy, &[])
+    }
+
+    /// With `extra` arguments for `tuk run`, after the test's own (so they win).
+    fn start_with(name: &str, policy: &str, extra: &[std::ffi::OsString]) -> Run {
         let listen = free_listen();
         let root = std::env::temp_dir().join("tuk-e2e");
         let state_dir = root.join(format!("{name}-{}-{}", std::process::id(), listen.port()));
@@ -59,7 +66,9 @@ impl Run {
             .args(["--monitor-policy", policy])
             // Out-of-guest only: the in-guest monitor would also see a change to text.
             .args(["--kernel-arg", "integrity.interval_ms=0"])
+            .args(extra)
             .env("TUK_VTPM_CA_DIR", root.join("vtpm-ca"))
+            .env("TUK_MONITOR_KEY_DIR", root.join("monitor-key"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -274,4 +283,84 @@ fn restart_policy_boots_a_fresh_vm() {
     assert_eq!(status.code(), Some(0));
     assert!(!Path::new(second["memory_file"].as_str().unwrap()).exists());
     assert!(!run.state_dir.join("instance.json").exists());
+}
+
+/// `tuk tamper --target component:hello:code` with the in-guest monitor OFF: the launcher's
+/// monitor compares the code image in guest RAM with the component's PCR 9 `code_sha256` and
+/// reports the change once, at the address and offset `tuk tamper` wrote.
+#[test]
+fn component_code_is_found_from_outside_with_the_guest_monitor_off() {
+    let dir = std::env::temp_dir()
+        .join("tuk-e2e")
+        .join(format!("monitor-component-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let built = tuk_e2e::signing::build(&["hello"]);
+    let key = tuk_measure::sign::SigningKey::generate().unwrap();
+    let bundle = dir.join("hello.bundle");
+    std::fs::write(
+        &bundle,
+        tuk_e2e::signing::sign(&key, "hello", "1.0.0", &built["hello"]),
+    )
+    .unwrap();
+    let key_pub = dir.join("key.pub");
+    std::fs::write(&key_pub, key.trusted_key().to_json()).unwrap();
+    let extra: Vec<std::ffi::OsString> = vec![
+        "--component".into(),
+        format!("hello={}", bundle.display()).into(),
+        "--trust".into(),
+        key_pub.into_os_string(),
+        "--integrity-interval".into(),
+        "0".into(),
+    ];
+    let mut run = Run::start_with("monitor-component", "report", &extra);
+    run.ready();
+    assert!(
+        run.stdout
+            .recv_timeout(Duration::from_millis(INTERVAL_MS * 4))
+            .is_err(),
+        "no event before tampering"
+    );
+    let out = Command::new(TUK)
+        .arg("tamper")
+        .arg("--instance")
+        .arg(&run.state_dir)
+        .args(["--target", "component:hello:code", "--offset", "0x100"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tampered: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let at = Instant::now();
+    let v = run.event(
+        "integrity-violation",
+        Duration::from_millis(INTERVAL_MS) + SLACK,
+    );
+    eprintln!(
+        "  reported {} ms after tampering: {v}",
+        at.elapsed().as_millis()
+    );
+    assert_eq!(v["source"], "out-of-guest");
+    assert_eq!(v["segment"], "component:hello:code");
+    assert_eq!(v["offset"], 0x100);
+    assert_eq!(v["paddr"], tampered["paddr"], "{v} {tampered}");
+    assert_ne!(v["expected_sha256"], v["observed_sha256"]);
+    // Reported once: nothing more while it stays changed.
+    assert!(
+        run.stdout
+            .recv_timeout(Duration::from_millis(INTERVAL_MS * 4))
+            .is_err(),
+        "one event per distinct change"
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &run.child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let stopped = run.event("stopped", Duration::from_secs(20));
+    assert_eq!(stopped["reason"], "signal", "{stopped}");
+    assert_eq!(run.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
 }

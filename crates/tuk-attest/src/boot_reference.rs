@@ -91,6 +91,9 @@ pub const NEUTRAL_KERNEL_ARGS: &[&str] = &[
     "http.max_head",
     "http.listeners",
     "http.max_connections",
+    // Buffer budgets bound memory against floods (availability), not what is measured.
+    "http.buffer_budget",
+    "admin.buffer_budget",
 ];
 
 /// The kernel's defaults and floor for `integrity.*` (host-kernel/src/integrity.rs `Settings`).

@@ -14,6 +14,7 @@
 //!   reference values ([`verify_identity`], [`appraise()`]).
 //! - [`boot_reference`]: the reference PCR 5's boot configuration is appraised against, and
 //!   the run-time measurement freshness rule ([`BootReference`]).
+//! - [`monitor_report`]: the out-of-guest monitor's signed report and its appraisal.
 //! - [`result`]: AR4SI trust tiers and claims per submodule, as an EAR claims set.
 //! - [`attester`]: one attestation end to end over the kernel's HTTP endpoints ([`attest`]).
 //!
@@ -27,6 +28,7 @@ pub mod cert;
 pub mod credential;
 pub mod evidence;
 mod hash;
+pub mod monitor_report;
 pub mod public;
 pub mod quote;
 pub mod result;

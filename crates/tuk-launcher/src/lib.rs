@@ -17,7 +17,7 @@
 //!   so no process outlives its owner.
 //! - [`memory_file`]: guest RAM as a shared file on tmpfs (0600, removed when QEMU exits).
 //! - [`monitor`]: out-of-guest measurement: the kernel image's read-only segments against
-//!   guest RAM, on an interval.
+//!   guest RAM, on an interval; [`monitor_report`]: its signed report for verifiers.
 //! - [`tamper`]: the attack tool behind `tuk tamper` (writes guest RAM), for testing detection.
 //!
 //! Errors are one enum, [`LaunchError`], whose messages say what to do next.
@@ -30,6 +30,7 @@ pub mod kernel;
 pub mod measured;
 pub mod memory_file;
 pub mod monitor;
+pub mod monitor_report;
 pub mod qemu;
 pub mod tamper;
 

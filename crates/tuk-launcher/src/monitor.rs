@@ -8,10 +8,17 @@
 //! backed by the file (`p_filesz`) at its physical address `p_paddr`, and their SHA-256. A check
 //! hashes what guest RAM holds there and compares digests; on a mismatch it also finds the first
 //! differing byte. Guest RAM is opened read-only and read with `pread` (`FileExt::read_at`).
+//!
+//! With [`Monitor::watch_components`] it also checks every component's code image: where it is
+//! comes from the kernel's `GET /_tuk/status` (admin listener), what it must hash to from the
+//! component's PCR 9 `tuk.component` record in `GET /_tuk/eventlog` (`code_sha256`; a record
+//! cancelled by a `tuk.component-failed` record does not count). A mismatch is re-checked
+//! after re-reading the status, so a re-instantiation between the two reads is not a finding.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -173,7 +180,12 @@ pub struct SegmentCheck {
 /// The result of one [`Monitor::check`].
 #[derive(Clone, Debug)]
 pub struct Report {
+    /// The kernel's read-only segments (`text`, `rodata`), then, with
+    /// [`Monitor::watch_components`], one `component:NAME:code` entry per component code image
+    /// compared.
     pub segments: Vec<SegmentCheck>,
+    /// Why component code images could not be (all) checked this time, if so.
+    pub component_error: Option<String>,
     /// Bytes read from guest RAM and hashed.
     pub bytes: u64,
     /// How long the check took.
@@ -239,8 +251,109 @@ pub enum Event {
     Violation(Violation),
     /// One check finished (every interval), with or without violations.
     Checked(Report),
-    /// The check itself failed (guest RAM could not be read); the thread keeps trying.
+    /// The check itself failed (guest RAM could not be read, or the component check could
+    /// not ask the guest where its components are); the thread keeps trying.
     Error(String),
+}
+
+/// Where a component's code image is, from the guest's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CodeImage {
+    name: String,
+    addr: u64,
+    len: u64,
+    matches_artifact: bool,
+}
+
+/// The component half of the monitor: the guest's admin listener, the expected digests from
+/// the event log, and the last clean copy of each image (to locate a change).
+#[derive(Debug)]
+struct Components {
+    admin: SocketAddr,
+    /// Name → code_sha256 (hex) of the record that runs, from the last event log read.
+    expected: BTreeMap<String, String>,
+    /// The images the status named when the event log was last read.
+    layout: Vec<CodeImage>,
+    /// Name → (addr, the image's bytes when last found clean).
+    clean: BTreeMap<String, (u64, Vec<u8>)>,
+}
+
+/// The status and event-log paths on the admin listener.
+pub const STATUS_PATH: &str = "/_tuk/status";
+pub const EVENTLOG_PATH: &str = "/_tuk/eventlog";
+const GUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn guest_json(admin: SocketAddr, path: &str) -> Result<serde_json::Value, String> {
+    let reply = crate::health::get(admin, path, GUEST_TIMEOUT)
+        .map_err(|e| format!("GET http://{admin}{path}: {e}"))?;
+    if reply.status != 200 {
+        return Err(format!(
+            "GET http://{admin}{path} answered {}",
+            reply.status
+        ));
+    }
+    serde_json::from_slice(&reply.body)
+        .map_err(|e| format!("GET http://{admin}{path}: not JSON ({e})"))
+}
+
+/// The code images the guest's status names (`instances[].code`).
+fn code_images(status: &serde_json::Value) -> Result<Vec<CodeImage>, String> {
+    let Some(instances) = status.get("instances").and_then(|i| i.as_array()) else {
+        return Err("the guest's /_tuk/status has no instances array".into());
+    };
+    let mut out = Vec::new();
+    for i in instances {
+        let name = i.get("name").and_then(|n| n.as_str());
+        let code = i.get("code");
+        let field = |k: &str| code.and_then(|c| c.get(k)).and_then(|v| v.as_u64());
+        match (name, field("addr"), field("len")) {
+            (Some(name), Some(addr), Some(len)) => out.push(CodeImage {
+                name: name.to_owned(),
+                addr,
+                len,
+                matches_artifact: code
+                    .and_then(|c| c.get("matches_artifact"))
+                    .and_then(|m| m.as_bool())
+                    .unwrap_or(false),
+            }),
+            _ => {
+                return Err(
+                    "an instance in the guest's /_tuk/status has no name or code.{addr,len}".into(),
+                )
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What runs for each component name according to the event log: the `code_sha256` of its last
+/// PCR 9 `tuk.component` record not cancelled by a `tuk.component-failed` record (D3).
+pub fn expected_code(records: &[tuk_measure::eventlog::Record]) -> BTreeMap<String, String> {
+    let mut stacks: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.pcr == 9) {
+        let name = r.content.get("name").and_then(|n| n.as_str());
+        let code = r.content.get("code_sha256").and_then(|c| c.as_str());
+        match (r.content_type.as_str(), name) {
+            ("tuk.component", Some(name)) => {
+                if let Some(code) = code {
+                    stacks
+                        .entry(name.to_owned())
+                        .or_default()
+                        .push(code.to_ascii_lowercase());
+                }
+            }
+            ("tuk.component-failed", Some(name)) => {
+                if let Some(s) = stacks.get_mut(name) {
+                    s.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    stacks
+        .into_iter()
+        .filter_map(|(n, mut s)| s.pop().map(|c| (n, c)))
+        .collect()
 }
 
 /// Compares the kernel image's read-only segments with guest RAM.
@@ -251,6 +364,7 @@ pub struct Monitor {
     memory_file: PathBuf,
     memory_bytes: u64,
     buf: Vec<u8>,
+    components: Option<Components>,
 }
 
 impl Monitor {
@@ -291,7 +405,19 @@ impl Monitor {
             memory_file: memory_file.into(),
             memory_bytes,
             buf: Vec::new(),
+            components: None,
         })
+    }
+
+    /// Also checks every component's code image, asking the guest's admin listener at `admin`
+    /// where they are (module docs).
+    pub fn watch_components(&mut self, admin: SocketAddr) {
+        self.components = Some(Components {
+            admin,
+            expected: BTreeMap::new(),
+            layout: Vec::new(),
+            clean: BTreeMap::new(),
+        });
     }
 
     pub fn image(&self) -> &KernelImage {
@@ -345,12 +471,122 @@ impl Monitor {
                 observed_sha256: hex(&observed),
             });
         }
+        let mut component_error = None;
+        if let Some(mut c) = self.components.take() {
+            match self.check_components(&mut c, &mut segments, &mut bytes) {
+                Ok(()) => {}
+                Err(e) => component_error = Some(e),
+            }
+            self.components = Some(c);
+        }
         Ok(Report {
             segments,
+            component_error,
             bytes,
             took: started.elapsed(),
             unix_ms: unix_ms(),
         })
+    }
+
+    /// Reads `len` bytes of guest RAM at `addr` into `self.buf`.
+    fn read_ram(&mut self, addr: u64, len: u64) -> Result<(), String> {
+        let limit = self.memory_bytes.min(LOW_RAM_LIMIT);
+        if addr.checked_add(len).is_none_or(|end| end > limit) || len > 1 << 30 {
+            return Err(format!(
+                "a code image at {addr:#x} ({len} bytes) is not inside guest RAM"
+            ));
+        }
+        self.buf.resize(len as usize, 0);
+        self.memory
+            .read_exact_at(&mut self.buf, addr)
+            .map_err(|e| format!("cannot read guest RAM {}: {e}", self.memory_file.display()))
+    }
+
+    /// The component half of [`Monitor::check`]: appends one entry per code image compared.
+    fn check_components(
+        &mut self,
+        c: &mut Components,
+        segments: &mut Vec<SegmentCheck>,
+        bytes: &mut u64,
+    ) -> Result<(), String> {
+        let images = code_images(&guest_json(c.admin, STATUS_PATH)?)?;
+        if images != c.layout || images.iter().any(|i| !c.expected.contains_key(&i.name)) {
+            let log = guest_json(c.admin, EVENTLOG_PATH)?;
+            let records: Vec<tuk_measure::eventlog::Record> = serde_json::from_value(log)
+                .map_err(|e| format!("the guest's /_tuk/eventlog is not CEL-JSON ({e})"))?;
+            c.expected = expected_code(&records);
+            c.layout = images.clone();
+            c.clean.retain(|n, _| c.expected.contains_key(n));
+        }
+        let mut problems = Vec::new();
+        for name in c.expected.keys() {
+            if !images.iter().any(|i| &i.name == name) {
+                problems.push(format!(
+                    "component {name} has a standing PCR 9 record but the guest's status does not list its code image"
+                ));
+            }
+        }
+        for image in &images {
+            let Some(expected) = c.expected.get(&image.name).cloned() else {
+                problems.push(format!(
+                    "component {} runs, but the event log has no tuk.component record for it",
+                    image.name
+                ));
+                continue;
+            };
+            if !image.matches_artifact {
+                problems.push(format!(
+                    "component {}'s code image is not the signed code byte for byte (matches_artifact false): not compared",
+                    image.name
+                ));
+                continue;
+            }
+            self.read_ram(image.addr, image.len)?;
+            let mut observed = hex(&sha256(&self.buf));
+            if observed != expected {
+                // Re-read the status: a re-instantiation may have moved the image meanwhile.
+                let again = code_images(&guest_json(c.admin, STATUS_PATH)?)?;
+                if !again.contains(image) {
+                    continue; // moved or gone: checked next time
+                }
+                self.read_ram(image.addr, image.len)?;
+                observed = hex(&sha256(&self.buf));
+            }
+            *bytes += image.len;
+            let ok = observed == expected;
+            let first_diff = match c.clean.get(&image.name) {
+                Some((addr, good)) if !ok && *addr == image.addr => self
+                    .buf
+                    .iter()
+                    .zip(good)
+                    .position(|(a, b)| a != b)
+                    .map(|i| i as u64),
+                _ => None,
+            };
+            if ok
+                && c.clean
+                    .get(&image.name)
+                    .is_none_or(|(a, g)| *a != image.addr || g.len() as u64 != image.len)
+            {
+                c.clean
+                    .insert(image.name.clone(), (image.addr, self.buf.clone()));
+            }
+            segments.push(SegmentCheck {
+                name: format!("component:{}:code", image.name),
+                perm: "r-x",
+                paddr: image.addr,
+                len: image.len,
+                ok,
+                first_diff,
+                expected_sha256: expected,
+                observed_sha256: observed,
+            });
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
     }
 
     /// Checks at once and then every `interval` on a thread of its own, calling `on_event` with
@@ -378,6 +614,9 @@ impl Monitor {
                                     reported.insert(c.name.clone(), c.observed_sha256.clone());
                                     on_event(Event::Violation(Violation::new(c, &report)));
                                 }
+                            }
+                            if let Some(e) = &report.component_error {
+                                on_event(Event::Error(e.clone()));
                             }
                             on_event(Event::Checked(report));
                         }
@@ -522,6 +761,36 @@ mod tests {
     fn poke(memory: &Path, paddr: u64, byte: u8) {
         let f = OpenOptions::new().write(true).open(memory).unwrap();
         f.write_all_at(&[byte], paddr).unwrap();
+    }
+
+    #[test]
+    fn expected_code_follows_failed_deployments() {
+        use tuk_measure::eventlog::Record;
+        let rec = |n: u64, pcr: u32, ty: &str, name: &str, code: &str| {
+            Record::new(
+                n,
+                pcr,
+                &[0; 32],
+                ty,
+                serde_json::json!({"name": name, "code_sha256": code}),
+            )
+        };
+        let log = [
+            rec(0, 4, "tuk.kernel", "x", "k"),
+            rec(1, 9, "tuk.component", "a", "A1"),
+            rec(2, 9, "tuk.component", "b", "b1"),
+            rec(3, 9, "tuk.component", "a", "a2"),
+            // a2 failed to load: a1 still runs.
+            rec(4, 9, "tuk.component-failed", "a", "a2"),
+            // b's only deployment failed: nothing runs for b.
+            rec(5, 9, "tuk.component-failed", "b", "b1"),
+            rec(6, 10, "tuk.component", "c", "not pcr 9"),
+        ];
+        let got = expected_code(&log);
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            [("a".to_owned(), "a1".to_owned())]
+        );
     }
 
     #[test]

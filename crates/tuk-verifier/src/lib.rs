@@ -43,6 +43,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tuk_attest::appraise::VerifiedIdentity;
 use tuk_attest::evidence::Identity;
+use tuk_attest::monitor_report;
 use tuk_attest::result::{value, AttestationResult, Claim};
 use tuk_attest::{Attester, HttpAttester, References};
 
@@ -72,6 +73,13 @@ pub struct Config {
     pub max_instances: usize,
     /// Allow webhooks to loopback, private, link-local and multicast addresses.
     pub webhook_allow_private: bool,
+    /// Keys an out-of-guest monitor report must be signed by (the launcher hosts'
+    /// monitor.pub; `--monitor-key`). Registering a `monitor_url` needs at least one.
+    pub monitor_keys: Vec<tuk_measure::policy::TrustedKey>,
+    /// Every instance must have a verified, fresh, clean monitor report to be affirming
+    /// (`--require-monitor`); without it, only instances registered with a `monitor_url` are
+    /// checked.
+    pub require_monitor: bool,
 }
 
 /// `POST /v1/instances`.
@@ -85,6 +93,10 @@ pub struct Registration {
     /// The instance's service URL (what a gateway forwards to).
     #[serde(default)]
     pub service_url: Option<String>,
+    /// Where the out-of-guest monitor's signed report is served (`tuk run
+    /// --monitor-report-listen`'s `monitor_report`); fetched with every attestation.
+    #[serde(default)]
+    pub monitor_url: Option<String>,
     /// Re-point an existing id (recorded in the audit log).
     #[serde(default)]
     pub replace: bool,
@@ -132,6 +144,8 @@ pub struct Verifier {
     started: Instant,
     /// The last quote's TPM counters per AK name (hex).
     clocks: Mutex<BTreeMap<String, TpmClock>>,
+    /// Per instance (id and AK): the highest monitor report `seq` accepted.
+    monitor_seqs: Mutex<BTreeMap<String, u64>>,
     generations: std::sync::atomic::AtomicU64,
 }
 
@@ -233,6 +247,7 @@ impl Verifier {
             changes: Mutex::new(tx),
             started: Instant::now(),
             clocks: Mutex::new(clocks),
+            monitor_seqs: Mutex::default(),
             generations: std::sync::atomic::AtomicU64::new(1),
         });
         spawn_notifier(Arc::clone(&v), rx, delivery);
@@ -314,6 +329,16 @@ impl Verifier {
         if let Some(s) = &r.service_url {
             check_url("service_url", s)?;
         }
+        if let Some(m) = &r.monitor_url {
+            check_url("monitor_url", m)?;
+            if self.cfg.monitor_keys.is_empty() {
+                return Err(ServiceError::BadRequest(
+                    "monitor_url needs a monitor key to check its reports with: start the \
+                     verifier with --monitor-key (the launcher host's monitor.pub)"
+                        .into(),
+                ));
+            }
+        }
         self.may_register(&id, r.replace)?;
         let mut attester = HttpAttester::new(url, self.cfg.timeout);
         let identity = attester
@@ -334,6 +359,7 @@ impl Verifier {
             identity: identity.to_json().to_string(),
             service_url: r.service_url.clone(),
             ak_name: ak_name.clone(),
+            monitor_url: r.monitor_url.clone(),
         };
         // Checked again under the lock: nothing may have changed since may_register.
         let mut map = self.write();
@@ -366,7 +392,8 @@ impl Verifier {
         );
         drop(map);
         let replaced = old.is_some();
-        let new = json!({"url": row.url, "service_url": row.service_url, "ak_name": ak_name});
+        let new = json!({"url": row.url, "service_url": row.service_url,
+                        "monitor_url": row.monitor_url, "ak_name": ak_name});
         match old {
             Some(old) => self.audit(
                 &id,
@@ -388,6 +415,7 @@ impl Verifier {
             "id": id,
             "url": url,
             "service_url": row.service_url,
+            "monitor_url": row.monitor_url,
             "ak_name": ak_name,
             "status": PENDING,
             "replaced": replaced,
@@ -504,6 +532,7 @@ impl Verifier {
             "id": l.row.id,
             "url": l.row.url,
             "service_url": l.row.service_url,
+            "monitor_url": l.row.monitor_url,
             "ak_name": l.row.ak_name,
             "registered_at": l.row.registered_at,
             "status": status,
@@ -636,8 +665,11 @@ impl Verifier {
     fn appraise(&self, id: &str, live: &Live) -> Result<(String, String, Option<String>), String> {
         let identity = live.identity.as_ref().map_err(Clone::clone)?;
         let mut attester = HttpAttester::new(&live.row.url, self.cfg.timeout);
-        let mut result = tuk_attest::quote(&mut attester, identity, &self.cfg.refs)
-            .map_err(|e| e.to_string())?;
+        let mut tap = monitor_report::EvidenceTap::new(&mut attester);
+        let mut result =
+            tuk_attest::quote(&mut tap, identity, &self.cfg.refs).map_err(|e| e.to_string())?;
+        let evidence = tap.evidence.take();
+        self.check_monitor(id, live, evidence.as_ref(), &mut result);
         let rollback = self.check_tpm_clock(&live.row.ak_name, &mut result);
         let mut claims = result.to_ear();
         claims["ear_verifier_id"]["build"] =
@@ -657,6 +689,36 @@ impl Verifier {
             self.signer.sign(&claims),
             error,
         ))
+    }
+
+    /// The out-of-guest monitor's report (docs/verifier.md, "Monitor reports"): fetched after
+    /// the quote from the registered `monitor_url` and appraised next to it; its `seq` may not
+    /// go back per instance. Without a `monitor_url`, a verifier that requires a monitor
+    /// gives a warning.
+    fn check_monitor(
+        &self,
+        id: &str,
+        live: &Live,
+        evidence: Option<&tuk_attest::evidence::Evidence>,
+        result: &mut AttestationResult,
+    ) {
+        let fetched = match &live.row.monitor_url {
+            Some(url) => monitor_report::fetch(url, self.cfg.timeout),
+            None if self.cfg.require_monitor => Err(monitor_report::ReportError::Missing(
+                "the instance is registered without a monitor_url, and this verifier requires \
+                 one (--require-monitor): register it again with \"monitor_url\""
+                    .into(),
+            )),
+            None => return,
+        };
+        let mut seqs = self.monitor_seqs.lock().unwrap_or_else(|p| p.into_inner());
+        let key = format!("{id} {}", live.row.ak_name);
+        let last = seqs.get(&key).copied();
+        if let Some(seq) =
+            monitor_report::appraise_report(result, evidence, fetched, &self.cfg.monitor_keys, last)
+        {
+            seqs.insert(key, seq);
+        }
     }
 
     /// Compares the quote's TPM counters with the last ones of the same AK, keeps the new ones

@@ -81,6 +81,9 @@ pub struct InstanceRow {
     pub service_url: Option<String>,
     /// Hex of the AK's name (one AK is registered under one id only).
     pub ak_name: String,
+    /// Where the out-of-guest monitor's signed report for the instance is served, when
+    /// registered with one.
+    pub monitor_url: Option<String>,
 }
 
 /// One audit record: who registered, replaced or deleted which instance.
@@ -127,6 +130,7 @@ const SCHEMA: &[&str] = &[
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("instances", "service_url", "TEXT"),
     ("instances", "ak_name", "TEXT"),
+    ("instances", "monitor_url", "TEXT"),
 ];
 
 impl Store {
@@ -252,9 +256,9 @@ impl Store {
 
     pub fn put_instance(&self, i: &InstanceRow) -> Result<(), StoreError> {
         self.execute(
-            "INSERT INTO instances (id, url, registered_at, identity, service_url, ak_name) VALUES ($1, $2, $3, $4, $5, $6) \
+            "INSERT INTO instances (id, url, registered_at, identity, service_url, ak_name, monitor_url) VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (id) DO UPDATE SET url = excluded.url, registered_at = excluded.registered_at, identity = excluded.identity, \
-             service_url = excluded.service_url, ak_name = excluded.ak_name",
+             service_url = excluded.service_url, ak_name = excluded.ak_name, monitor_url = excluded.monitor_url",
             &[
                 Param::Text(&i.id),
                 Param::Text(&i.url),
@@ -262,6 +266,7 @@ impl Store {
                 Param::Text(&i.identity),
                 Param::OptText(i.service_url.as_deref()),
                 Param::Text(&i.ak_name),
+                Param::OptText(i.monitor_url.as_deref()),
             ],
         )?;
         Ok(())
@@ -313,7 +318,7 @@ impl Store {
     pub fn instances(&self) -> Result<Vec<InstanceRow>, StoreError> {
         Ok(self
             .query(
-                "SELECT id, url, registered_at, identity, service_url, ak_name FROM instances ORDER BY id",
+                "SELECT id, url, registered_at, identity, service_url, ak_name, monitor_url FROM instances ORDER BY id",
                 &[],
             )?
             .into_iter()
@@ -324,6 +329,7 @@ impl Store {
                 identity: r[3].text(),
                 service_url: r[4].opt_text(),
                 ak_name: r[5].text(),
+                monitor_url: r[6].opt_text(),
             })
             .collect())
     }
@@ -514,11 +520,13 @@ mod tests {
                 identity: "{}".into(),
                 service_url: None,
                 ak_name: "00".into(),
+                monitor_url: None,
             };
             s.put_instance(&i).unwrap();
             s.put_instance(&InstanceRow {
                 url: "http://y".into(),
                 service_url: Some("http://svc".into()),
+                monitor_url: Some("http://mon/report".into()),
                 ..i
             })
             .unwrap();
@@ -532,6 +540,7 @@ mod tests {
         assert_eq!(inst.len(), 1);
         assert_eq!(inst[0].url, "http://y");
         assert_eq!(inst[0].service_url.as_deref(), Some("http://svc"));
+        assert_eq!(inst[0].monitor_url.as_deref(), Some("http://mon/report"));
         assert_eq!(inst[0].ak_name, "00");
         let r = s.results("a", 10, None).unwrap();
         assert_eq!(
