@@ -103,6 +103,7 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
     if let Some(ms) = config.unix_time_ms {
         arch::set_wall_clock(ms);
     }
+    let hypervisor = arch::detect_hypervisor();
     let tsc_khz = arch::init_interrupts();
     log::info!(
         "tuk-kernel {} booting; cmdline: {cmdline}",
@@ -117,6 +118,17 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
         free.ranges().count(),
         tsc_khz
     );
+    match hypervisor {
+        arch::Hypervisor::Xen(x) => log::info!(
+            "platform: Xen {}.{} (CPUID leaves at {:#x}, domid {:?}, {:?})",
+            x.major,
+            x.minor,
+            x.base,
+            x.domid,
+            x.time
+        ),
+        h => log::info!("platform: hypervisor {}", h.name()),
+    }
     let wx = arch::audit_wx();
     if wx.writable_executable_pages != 0 {
         fail!(

@@ -17,7 +17,7 @@ use core::fmt::Write;
 
 use tuk_http::{Request, Response};
 
-use crate::arch::{interrupt_count, random_source, tsc_khz, WxAudit};
+use crate::arch::{hypervisor, interrupt_count, random_source, tsc_khz, Hypervisor, WxAudit};
 use crate::attestation::Identity;
 use crate::deploy::{Deployer, Reset};
 use crate::integrity::Monitor;
@@ -31,6 +31,23 @@ pub struct BootFacts {
     pub memory_total_bytes: u64,
     /// The page-table audit taken at boot (re-audits belong to the measurement loop).
     pub wx: WxAudit,
+}
+
+/// The health document's `platform` object (docs/contracts.md): the hypervisor found at boot
+/// and, on Xen, what its CPUID leaves say.
+fn platform_json(h: Hypervisor) -> String {
+    match h {
+        Hypervisor::Xen(x) => {
+            let domid = x.domid.map_or(String::from("null"), |d| format!("{d}"));
+            let (tsc_khz, emulated) = x.time.map_or((0, false), |t| (t.tsc_khz, t.tsc_emulated));
+            format!(
+                "{{\"hypervisor\":\"xen\",\"xen_version\":\"{}.{}\",\"xen_domid\":{domid},\
+                 \"xen_tsc_khz\":{tsc_khz},\"xen_tsc_emulated\":{emulated}}}",
+                x.major, x.minor
+            )
+        }
+        other => format!("{{\"hypervisor\":\"{}\"}}", other.name()),
+    }
 }
 
 /// The listener a request came in on.
@@ -366,6 +383,7 @@ impl Router {
                 "\"interrupts\":{},\"random\":\"{}\",\"components\":{},",
                 "\"tpm\":\"{}\",\"eventlog_records\":{},\"trust\":\"{}\",",
                 "\"integrity\":{{\"kernel\":\"{}\",\"interval_ms\":{},\"policy\":\"{}\",\"rounds\":{}}},",
+                "\"platform\":{},",
                 "\"memory\":{{\"total_bytes\":{},\"heap_bytes\":{},\"heap_used_bytes\":{}}},",
                 "\"paging\":{{\"mapped_pages\":{},\"executable_pages\":{},\"writable_executable_pages\":{}}},",
                 "\"http\":{{\"connections_accepted\":{},\"connections_active\":{},",
@@ -388,6 +406,7 @@ impl Router {
             self.monitor.settings.interval_ms,
             self.monitor.settings.policy.name(),
             self.monitor.stats.rounds,
+            platform_json(hypervisor()),
             self.facts.memory_total_bytes,
             heap.claimed_bytes,
             heap.allocated_bytes,

@@ -12,7 +12,12 @@ use std::time::{Duration, Instant};
 
 pub use tuk_launcher::{Accel, ExitKind, Instance, LaunchError, RunConfig};
 
+pub mod attestation;
+pub mod poll;
+pub mod process;
 pub mod signing;
+pub mod tls;
+pub mod verifier;
 
 /// `http.request_timeout_ms` given to every test VM.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -408,6 +413,30 @@ pub fn tamper(vm: &Instance, target: &str, offset: u64) -> tuk_launcher::tamper:
         .unwrap_or_else(|e| panic!("tamper {target}+{offset}: {e}"));
     eprintln!("  tampered {done}");
     done
+}
+
+/// `TUK tamper --instance STATE_DIR --target TARGET --offset OFFSET`: the CLI a host attacker
+/// runs against a `tuk run` instance (the `tuk` binary under test is `tuk`). Panics with its
+/// stderr unless it succeeds; returns its output (one JSON `tampered` line on stdout).
+pub fn tamper_cli(
+    tuk: &str,
+    state_dir: &std::path::Path,
+    target: &str,
+    offset: &str,
+) -> std::process::Output {
+    let out = std::process::Command::new(tuk)
+        .arg("tamper")
+        .arg("--instance")
+        .arg(state_dir)
+        .args(["--target", target, "--offset", offset])
+        .output()
+        .expect("run tuk tamper");
+    assert!(
+        out.status.success(),
+        "tuk tamper failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// The offset of `needle` inside the kernel image's read-only data segment (for

@@ -139,6 +139,34 @@ pub fn signed_pack(dir: &Path, names: &[&str]) -> SignedPack {
     }
 }
 
+/// What [`signed_bundle`] wrote: the publisher key, its public half as `tuk run --trust` and
+/// `tuk attest --trust` take it, and the signed bundle.
+pub struct SignedBundle {
+    pub key: SigningKey,
+    /// `DIR/key.pub`: the key's trusted-key JSON.
+    pub key_pub: PathBuf,
+    /// `DIR/NAME.bundle`.
+    pub bundle: PathBuf,
+}
+
+/// Builds the example component `name`, signs it as version 1.0.0 (16 MiB, 2 s limits) with a
+/// fresh key, and writes the bundle to `dir/NAME.bundle` and the key's public half to
+/// `dir/key.pub` (`dir` is created).
+pub fn signed_bundle(dir: &Path, name: &str) -> SignedBundle {
+    std::fs::create_dir_all(dir).unwrap();
+    let built = build(&[name]);
+    let key = SigningKey::generate().unwrap();
+    let bundle = dir.join(format!("{name}.bundle"));
+    std::fs::write(&bundle, sign(&key, name, "1.0.0", &built[name])).unwrap();
+    let key_pub = dir.join("key.pub");
+    std::fs::write(&key_pub, key.trusted_key().to_json()).unwrap();
+    SignedBundle {
+        key,
+        key_pub,
+        bundle,
+    }
+}
+
 /// `PUT /_tuk/components/<name>` with `body`, on the admin listener.
 pub fn put(vm: &Instance, name: &str, body: &[u8]) -> Response {
     put_at(vm.admin_addr(), name, body)

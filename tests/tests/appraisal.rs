@@ -12,12 +12,12 @@
 use std::thread;
 use std::time::Duration;
 
-use tuk_attest::appraise::{Ca, References};
 use tuk_attest::attester::{attest, HttpAttester};
 use tuk_attest::result::{value, Claim};
-use tuk_attest::{BootReference, Status};
+use tuk_attest::Status;
+use tuk_e2e::attestation::{references, summary};
 use tuk_e2e::signing::{get, put, sign_with_limits, signed_pack};
-use tuk_e2e::{boot_full, kernel_image, tamper, vtpm_ca_dir, Instance};
+use tuk_e2e::{boot_full, tamper, Instance};
 use tuk_measure::policy::TrustPolicy;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,23 +32,6 @@ fn signed_instance(tag: &str, extra: &[(&str, &str)]) -> (Instance, TrustPolicy)
     let signed = signed_pack(&dir, &["hello"]);
     let vm = boot_full(&format!("appraisal-{tag}"), extra, Some(&signed.pack), 96);
     (vm, signed.policy)
-}
-
-fn references(policy: &TrustPolicy) -> References {
-    References {
-        ca: Ca::load(&vtpm_ca_dir()).expect("the test CA exists once a VM booted"),
-        kernel_sha256: Some(tuk_measure::sha256(&std::fs::read(kernel_image()).unwrap())),
-        policy: Some(policy.clone()),
-        boot: BootReference::default(),
-    }
-}
-
-fn summary(r: &tuk_attest::AttestationResult) -> String {
-    r.submods
-        .iter()
-        .map(|(n, s)| format!("{n}: {} {:?}", s.status(), s.reasons))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 #[test]

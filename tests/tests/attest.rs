@@ -12,13 +12,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tuk_attest::appraise::{appraise, qualifying_data, verify_identity, Ca, References, Refusal};
+use tuk_attest::appraise::{appraise, qualifying_data, verify_identity, References, Refusal};
 use tuk_attest::attester::{attest, Activation, AttestError, Attester, HttpAttester};
 use tuk_attest::credential::Credential;
 use tuk_attest::evidence::{Evidence, Identity};
 use tuk_attest::{QuoteError, Status};
+use tuk_e2e::attestation::{references, summary};
 use tuk_e2e::signing::{get, signed_pack};
-use tuk_e2e::{boot_full, kernel_image, tamper, vtpm_ca_dir, Instance};
+use tuk_e2e::{boot_full, poll, tamper, Instance};
 use tuk_measure::eventlog::EventLogError;
 use tuk_measure::policy::TrustPolicy;
 
@@ -44,15 +45,6 @@ fn signed_instance(tag: &str, names: &[&str]) -> (Instance, TrustPolicy) {
     (vm, signed.policy)
 }
 
-fn references(policy: &TrustPolicy) -> References {
-    References {
-        ca: Ca::load(&vtpm_ca_dir()).expect("the test CA exists once a VM booted"),
-        kernel_sha256: Some(tuk_measure::sha256(&std::fs::read(kernel_image()).unwrap())),
-        policy: Some(policy.clone()),
-        boot: Default::default(),
-    }
-}
-
 fn attester(vm: &Instance) -> HttpAttester {
     // Attestation is on the admin listener.
     HttpAttester::new(&vm.admin_url(), TIMEOUT)
@@ -60,19 +52,15 @@ fn attester(vm: &Instance) -> HttpAttester {
 
 /// Polls `/_tuk/status` until `done` holds (within [`DETECT`]).
 fn wait_status(vm: &Instance, what: &str, done: impl Fn(&Value) -> bool) {
-    let start = Instant::now();
-    loop {
+    let (_, took) = poll::until(what, DETECT, Duration::from_millis(10), || {
         let s = get(vm, "/_tuk/status").json();
         if done(&s) {
-            eprintln!("{what} after {:?}", start.elapsed());
-            return;
+            Ok(())
+        } else {
+            Err(s.to_string())
         }
-        assert!(
-            start.elapsed() <= DETECT,
-            "{what}: not within {DETECT:?}: {s}"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
+    });
+    eprintln!("{what} after {took:?}");
 }
 
 fn instance<'a>(status: &'a Value, name: &str) -> &'a Value {
@@ -110,14 +98,6 @@ impl Attester for Relay<'_> {
     fn evidence(&mut self, nonce: &[u8]) -> Result<Evidence, AttestError> {
         self.ak_of.evidence(nonce)
     }
-}
-
-fn summary(r: &tuk_attest::AttestationResult) -> String {
-    r.submods
-        .iter()
-        .map(|(n, s)| format!("{n}: {} {:?}", s.status(), s.reasons))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 #[test]

@@ -35,6 +35,13 @@ fn health_document_follows_the_contract() {
         typed.version
     );
     assert_eq!(typed.clock, "tsc");
+    // The platform is detected at boot (CPUID): QEMU is never taken for Xen.
+    let hypervisor = a["platform"]["hypervisor"].as_str().unwrap_or_default();
+    assert!(
+        matches!(hypervisor, "tcg" | "kvm"),
+        "platform {} on QEMU",
+        a["platform"]
+    );
     assert!(typed.tsc_khz > 100_000, "tsc_khz {}", typed.tsc_khz);
     assert!(typed.boot_us > 0);
     let m = &typed.memory;

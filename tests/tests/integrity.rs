@@ -18,8 +18,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tuk_e2e::attestation::references;
 use tuk_e2e::signing::{build, get, put, sign, signed_pack};
-use tuk_e2e::{boot_full, pcrs_after_shutdown, tamper, Instance};
+use tuk_e2e::{boot_full, pcrs_after_shutdown, poll, tamper, Instance};
 use tuk_measure::sign::SigningKey;
 
 /// The monitor's interval in these tests.
@@ -49,19 +50,14 @@ fn instance<'a>(status: &'a Value, name: &str) -> &'a Value {
 /// Polls the status until `done` holds; returns it and the time taken. Fails after
 /// INTERVAL + SLACK.
 fn wait_for(vm: &Instance, what: &str, done: impl Fn(&Value) -> bool) -> (Value, Duration) {
-    let start = Instant::now();
-    loop {
+    poll::until(what, INTERVAL + SLACK, Duration::from_millis(10), || {
         let s = status(vm);
         if done(&s) {
-            return (s, start.elapsed());
+            Ok(s)
+        } else {
+            Err(s.to_string())
         }
-        assert!(
-            start.elapsed() <= INTERVAL + SLACK,
-            "{what}: not within {:?}: {s}",
-            INTERVAL + SLACK
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
+    })
 }
 
 /// PCR 10 records in the event log.
@@ -415,18 +411,6 @@ fn a_writable_executable_page_is_found_by_the_page_table_audit() {
     thread::sleep(INTERVAL * 3);
     assert_eq!(integrity_records(&vm).len(), 2);
     traffic.finish();
-}
-
-/// The appraisal's references for an instance booted by [`setup_signed`].
-fn references(policy: &tuk_measure::policy::TrustPolicy) -> tuk_attest::appraise::References {
-    tuk_attest::appraise::References {
-        ca: tuk_attest::appraise::Ca::load(&tuk_e2e::vtpm_ca_dir()).expect("the test CA"),
-        kernel_sha256: Some(tuk_measure::sha256(
-            &std::fs::read(tuk_e2e::kernel_image()).unwrap(),
-        )),
-        policy: Some(policy.clone()),
-        boot: Default::default(),
-    }
 }
 
 /// Attests `vm` as a verifier would (on its admin listener).

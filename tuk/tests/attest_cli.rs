@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 use tuk_e2e::signing::signed_pack;
-use tuk_e2e::{boot_full, free_listen, kernel_image, vtpm_ca_dir};
+use tuk_e2e::{boot_full, free_listen, kernel_image, verifier, vtpm_ca_dir};
 
 const TUK: &str = env!("CARGO_BIN_EXE_tuk");
 
@@ -134,17 +134,7 @@ fn verifier_serve_refuses_a_bad_boot_reference() {
     std::fs::create_dir_all(&dir).unwrap();
     let boot_ref = dir.join("boot-reference.json");
     std::fs::write(&boot_ref, r#"{"interval_ms": {"min": 100, "max": 10}}"#).unwrap();
-    let out = Command::new(TUK)
-        .args([
-            "verifier",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-        ])
-        .arg(dir.join("state"))
-        .arg("--ca")
-        .arg(vtpm_ca_dir())
+    let out = verifier::serve_command(TUK, &dir.join("state"), 1000)
         .arg("--boot-reference")
         .arg(&boot_ref)
         .output()

@@ -1,68 +1,14 @@
 //! `tuk run` as a user runs it: the ready line, a live URL, SIGTERM → clean stop; and the
 //! errors a user meets first.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tuk_e2e::process::{lines_of, sigterm, stderr_of, wait_exit, Reap};
 use tuk_e2e::{free_listen, kernel_image, Conn};
 
 const TUK: &str = env!("CARGO_BIN_EXE_tuk");
-
-/// Lines of a child's stdout, as they come.
-fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
-    let out = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Collects a child's stderr in the background; the handle returns it all at EOF.
-fn stderr_of(child: &mut Child) -> thread::JoinHandle<String> {
-    let mut err = child.stderr.take().expect("piped stderr");
-    thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    })
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > until {
-            let _ = child.kill();
-            panic!("tuk did not exit within {within:?}");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Kills the child if the test fails half way, so no `tuk` (and no QEMU) is left behind.
-struct Reap(Child);
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            // SIGTERM first so tuk stops its QEMU; SIGKILL as the last resort.
-            let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-            thread::sleep(Duration::from_secs(3));
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 #[test]
 fn run_serves_and_stops_cleanly_on_sigterm() {
@@ -123,11 +69,7 @@ fn run_serves_and_stops_cleanly_on_sigterm() {
     drop(c);
 
     let t = Instant::now();
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    sigterm(&child.0);
     let stopped = stdout
         .recv_timeout(Duration::from_secs(20))
         .expect("no stopped line after SIGTERM");

@@ -11,15 +11,17 @@
 //! one, a key with the wrong fingerprint are refused; a gateway without a pinned key does not
 //! start; TLS on both sides works and `--require-verifier-tls` refuses an http:// verifier.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+use tuk_e2e::process::Service;
+use tuk_e2e::{poll, tls};
 use tuk_httpd::{Request, Response};
 use tuk_measure::sign::SigningKey;
 use tuk_verifier::ear::EarSigner;
@@ -179,50 +181,14 @@ fn affirming(url: &str, ak: &str, iat: i64, exp: i64) -> Value {
     })
 }
 
-/// A `tuk gateway` process, killed on drop.
-struct Gateway {
-    child: Child,
-    _stdout: BufReader<ChildStdout>,
-    ready: Value,
-}
-
-impl Gateway {
-    fn start(args: &[&std::ffi::OsStr]) -> Gateway {
-        let mut child = Command::new(TUK)
-            .arg("gateway")
-            .args(["--listen", "127.0.0.1:0", "--instance", "a"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("run tuk");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read the ready line");
-        let ready: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("tuk gateway {args:?} printed {line:?}: {e}"));
-        assert_eq!(ready["event"], "ready", "{ready}");
-        Gateway {
-            child,
-            _stdout: stdout,
-            ready,
-        }
-    }
-
-    fn addr(&self) -> String {
-        self.ready["listen"].as_str().unwrap().to_owned()
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr())
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `tuk gateway --listen 127.0.0.1:0 --instance a` with `args`: its ready line read, killed on
+/// drop.
+fn gateway(args: &[&std::ffi::OsStr]) -> Service {
+    let mut cmd = Command::new(TUK);
+    cmd.arg("gateway")
+        .args(["--listen", "127.0.0.1:0", "--instance", "a"])
+        .args(args);
+    Service::start(cmd)
 }
 
 fn os<'a>(v: &'a [&'a str]) -> Vec<&'a std::ffi::OsStr> {
@@ -253,18 +219,20 @@ fn wait_status(agent: &ureq::Agent, url: &str, status: u16) -> String {
 
 /// Waits until `GET url` answers `status` with a body containing `needle`.
 fn wait_for(agent: &ureq::Agent, url: &str, status: u16, needle: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let (s, body) = get(agent, url);
-        if s == status && body.contains(needle) {
-            return body;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{url} still answers {s} (want {status}): {body}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    poll::until(
+        url,
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || {
+            let (s, body) = get(agent, url);
+            if s == status && body.contains(needle) {
+                Ok(body)
+            } else {
+                Err(format!("still answers {s} (want {status}): {body}"))
+            }
+        },
+    )
+    .0
 }
 
 /// One raw request line over TCP; returns the whole answer.
@@ -295,7 +263,7 @@ fn gateway_forwards_only_origin_form_paths_and_never_tuk() {
     v.publish(affirming(&up.url(), &up.ak, now - 10, now + 600));
     let key = v.jwk_file(&dir);
     let (upstream_url, verifier_url) = (up.url(), v.url());
-    let gw = Gateway::start(&os(&[
+    let gw = gateway(&os(&[
         "--upstream",
         &upstream_url,
         "--verifier",
@@ -319,7 +287,7 @@ fn gateway_forwards_only_origin_form_paths_and_never_tuk() {
         format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: a\r\n\r\n"),
         "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(),
     ] {
-        let out = raw(&gw.addr(), &request);
+        let out = raw(&gw.listen(), &request);
         let line = request.lines().next().unwrap();
         if line.starts_with("OPTIONS *") {
             // Valid HTTP, but not a path to forward.
@@ -365,7 +333,7 @@ fn gateway_forwards_only_origin_form_paths_and_never_tuk() {
     drop(gw);
 
     // With --forward-tuk the operator opts in.
-    let gw = Gateway::start(&os(&[
+    let gw = gateway(&os(&[
         "--upstream",
         &upstream_url,
         "--verifier",
@@ -386,7 +354,7 @@ fn gateway_refuses_results_that_are_stale_replayed_or_about_something_else() {
     let v = verifier(None);
     let key = v.jwk_file(&dir);
     let (upstream_url, verifier_url) = (up.url(), v.url());
-    let gw = Gateway::start(&os(&[
+    let gw = gateway(&os(&[
         "--upstream",
         &upstream_url,
         "--verifier",
@@ -507,7 +475,7 @@ fn gateway_key_must_be_pinned() {
     v.publish(affirming(&up.url(), &up.ak, now - 10, now + 600));
     let agent = agent();
     let wrong = tuk_measure::hex(&tuk_measure::sha256(b"another key"));
-    let gw = Gateway::start(&os(&[
+    let gw = gateway(&os(&[
         "--upstream",
         &upstream_url,
         "--verifier",
@@ -522,7 +490,7 @@ fn gateway_key_must_be_pinned() {
     drop(gw);
     // The right fingerprint (the verifier's keyid): admitted.
     let right = v.signer.keyid();
-    let gw = Gateway::start(&os(&[
+    let gw = gateway(&os(&[
         "--upstream",
         &upstream_url,
         "--verifier",
@@ -533,33 +501,10 @@ fn gateway_key_must_be_pinned() {
     wait_status(&agent, &format!("{}/hello", gw.url()), 200);
 }
 
-/// A certificate for 127.0.0.1 (self-signed, end-entity) made by the `openssl` CLI.
-fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("the openssl CLI (Debian's openssl)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
 #[test]
 fn gateway_tls_on_both_sides() {
     let dir = temp_dir("tls");
-    let (cert, key) = certificate(&dir);
+    let (cert, key) = tls::self_signed_cert(&dir);
     let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let up = upstream();
     let upstream_url = up.url();
@@ -585,7 +530,7 @@ fn gateway_tls_on_both_sides() {
     v.publish(affirming(&up.url(), &up.ak, now - 10, now + 600));
     let jwk = v.jwk_file(&dir);
     let verifier_https = format!("https://{}", v.running.addr());
-    let gw = Gateway::start(&os(&[
+    let gw = gateway(&os(&[
         "--upstream",
         &upstream_url,
         "--verifier",
@@ -601,25 +546,15 @@ fn gateway_tls_on_both_sides() {
         key_s,
     ]));
     assert_eq!(gw.ready["tls"], true);
-    let ca = ureq::tls::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
-    let tls_agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
-                .build(),
-        )
-        .build()
-        .into();
-    let body = wait_status(&tls_agent, &format!("https://{}/hello", gw.addr()), 200);
+    let tls_agent = tls::https_agent(&cert);
+    let body = wait_status(&tls_agent, &format!("https://{}/hello", gw.listen()), 200);
     assert_eq!(body, "upstream saw GET /hello");
     // Plain HTTP to the TLS gateway gets no HTTP answer.
     assert!(agent().get(&format!("{}/hello", gw.url())).call().is_err());
     drop(gw);
 
     // Without --verifier-ca the verifier's certificate is not trusted: nothing admits.
-    let gw = Gateway::start(&os(&[
+    let gw = gateway(&os(&[
         "--upstream",
         &upstream_url,
         "--verifier",

@@ -10,35 +10,22 @@
 //! - the component's code image overwritten: the launcher's monitor finds it (the guest's own
 //!   monitor is off) and the attestation is contraindicated for that component.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tuk_e2e::signing;
-use tuk_e2e::{free_listen, kernel_image, vtpm_ca_dir};
+use tuk_e2e::process::{json_lines_of, sigterm, Reap, Service};
+use tuk_e2e::{free_listen, kernel_image, signing, tamper_cli, verifier, vtpm_ca_dir};
 use tuk_measure::dsse::Envelope;
 use tuk_measure::sign::SigningKey;
 
 const TUK: &str = env!("CARGO_BIN_EXE_tuk");
 const INTERVAL_MS: u64 = 300;
-
-/// Kills `tuk run` if the test fails half way (SIGTERM so it stops its QEMU, then SIGKILL).
-struct Reap(Child);
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-            thread::sleep(Duration::from_secs(3));
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 /// The attacker's HTTP server: answers every request with `body`.
 fn serve(body: Arc<Mutex<Vec<u8>>>) -> SocketAddr {
@@ -125,17 +112,9 @@ impl Run {
             .join("tuk-e2e")
             .join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let built = signing::build(&["hello"]);
-        let key = SigningKey::generate().unwrap();
-        let bundle = dir.join("hello.bundle");
-        std::fs::write(
-            &bundle,
-            signing::sign(&key, "hello", "1.0.0", &built["hello"]),
-        )
-        .unwrap();
-        let key_pub = dir.join("key.pub");
-        std::fs::write(&key_pub, key.trusted_key().to_json()).unwrap();
+        let signing::SignedBundle {
+            key_pub, bundle, ..
+        } = signing::signed_bundle(&dir, "hello");
         let monitor_keys = dir.join("monitor-key");
         let listen = free_listen();
         let state_dir = dir.join("state");
@@ -159,17 +138,8 @@ impl Run {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn tuk run");
-        let out = child.stdout.take().unwrap();
+        let events = json_lines_of(&mut child);
         let run = Reap(child);
-        let (tx, events) = mpsc::channel::<Value>();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&line).expect("stdout lines are JSON");
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
         let ready = events
             .recv_timeout(Duration::from_secs(120))
             .expect("a ready event");
@@ -206,11 +176,7 @@ impl Run {
     }
 
     fn stop(mut self) {
-        let term = Command::new("kill")
-            .args(["-TERM", &self.run.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(term.success());
+        sigterm(&self.run.0);
         let until = Instant::now() + Duration::from_secs(30);
         while self.run.0.try_wait().unwrap().is_none() {
             assert!(Instant::now() < until, "tuk run did not stop");
@@ -302,18 +268,7 @@ fn tampered_component_code_is_contraindicated_although_the_guest_monitor_is_off(
         "{before}"
     );
 
-    let tampered = Command::new(TUK)
-        .arg("tamper")
-        .arg("--instance")
-        .arg(&run.state_dir)
-        .args(["--target", "component:hello:code", "--offset", "0x40"])
-        .output()
-        .unwrap();
-    assert!(
-        tampered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&tampered.stderr)
-    );
+    tamper_cli(TUK, &run.state_dir, "component:hello:code", "0x40");
     let at = Instant::now();
     let violation = loop {
         let e = run
@@ -389,40 +344,17 @@ fn call(token: &str, method: &str, url: &str, body: Option<&Value>) -> (u16, Val
 fn verifier_requires_and_checks_the_monitor_report() {
     let run = Run::start("monitor-attest-verifier", 0);
     let state = run.dir.join("verifier");
-    let mut child = Command::new(TUK)
-        .args([
-            "verifier",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--interval",
-            "60000",
-        ])
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--ca")
-        .arg(vtpm_ca_dir())
-        .arg("--kernel")
+    let mut cmd = verifier::serve_command(TUK, &state, 60000);
+    cmd.arg("--kernel")
         .arg(kernel_image())
         .arg("--trust")
         .arg(&run.key_pub)
         .arg("--monitor-key")
         .arg(&run.monitor_pub)
-        .arg("--require-monitor")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run tuk verifier serve");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let verifier = Reap(child);
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let ready: Value = serde_json::from_str(&line).expect("the verifier's ready line");
-    let base = ready["url"].as_str().unwrap().to_owned();
-    let token = std::fs::read_to_string(state.join("admin.token"))
-        .unwrap()
-        .trim()
-        .to_owned();
+        .arg("--require-monitor");
+    let verifier = Service::start(cmd);
+    let base = verifier.ready["url"].as_str().unwrap().to_owned();
+    let token = verifier::admin_token(&state);
     let attest_now = |id: &str| {
         let (status, r) = call(
             &token,
@@ -466,14 +398,7 @@ fn verifier_requires_and_checks_the_monitor_report() {
         "contraindicated"
     );
 
-    let tampered = Command::new(TUK)
-        .arg("tamper")
-        .arg("--instance")
-        .arg(&run.state_dir)
-        .args(["--target", "component:hello:code", "--offset", "0x80"])
-        .output()
-        .unwrap();
-    assert!(tampered.status.success());
+    tamper_cli(TUK, &run.state_dir, "component:hello:code", "0x80");
     loop {
         let e = run
             .events

@@ -6,15 +6,15 @@
 //! A component's code image overwritten while the guest's own monitor is off is found by the
 //! launcher's monitor too.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tuk_e2e::{free_listen, kernel_image, Conn};
+use tuk_e2e::process::{lines_of, sigterm, stderr_of, wait_exit, Reap};
+use tuk_e2e::{free_listen, kernel_image, tamper_cli, Conn};
 
 const TUK: &str = env!("CARGO_BIN_EXE_tuk");
 /// The monitor's interval in these tests.
@@ -25,19 +25,6 @@ const SLACK: Duration = Duration::from_millis(1500);
 /// The offset flipped in kernel:text: the padding between the PVH note and .text, never
 /// executed, so the changed VM still behaves (and shuts down cleanly).
 const TEXT_OFFSET: u64 = 0x18;
-
-/// Kills `tuk run` if the test fails half way (SIGTERM so it stops its QEMU, then SIGKILL).
-struct Reap(Child);
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-            thread::sleep(Duration::from_secs(3));
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 struct Run {
     child: Reap,
@@ -74,21 +61,8 @@ impl Run {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tuk");
-        let out = child.stdout.take().unwrap();
-        let (tx, stdout) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
+        let stdout = lines_of(&mut child);
+        let stderr = stderr_of(&mut child);
         Run {
             child: Reap(child),
             stdout,
@@ -131,33 +105,13 @@ impl Run {
     }
 
     fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let until = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < until, "tuk did not exit within {within:?}");
-            thread::sleep(Duration::from_millis(50));
-        }
+        wait_exit(&mut self.child.0, within)
     }
 }
 
 /// `tuk tamper` on kernel:text; returns its `tampered` event.
 fn tamper_text(state_dir: &Path) -> Value {
-    let out = Command::new(TUK)
-        .arg("tamper")
-        .arg("--instance")
-        .arg(state_dir)
-        .args([
-            "--target",
-            "kernel:text",
-            "--offset",
-            &format!("{TEXT_OFFSET:#x}"),
-        ])
-        .output()
-        .expect("run tuk tamper");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "tuk tamper failed: {stderr}");
+    let out = tamper_cli(TUK, state_dir, "kernel:text", &format!("{TEXT_OFFSET:#x}"));
     assert!(out.stdout.starts_with(br#"{"event":"tampered""#), "{out:?}");
     let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
     assert_eq!(v["event"], "tampered", "{v}");
@@ -272,11 +226,7 @@ fn restart_policy_boots_a_fresh_vm() {
         "no violation on the fresh VM"
     );
 
-    let term = Command::new("kill")
-        .args(["-TERM", &run.child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    sigterm(&run.child.0);
     let stopped = run.event("stopped", Duration::from_secs(20));
     assert_eq!(stopped["clean"], true, "{stopped}");
     let status = run.wait_exit(Duration::from_secs(20));
@@ -293,17 +243,8 @@ fn component_code_is_found_from_outside_with_the_guest_monitor_off() {
     let dir = std::env::temp_dir()
         .join("tuk-e2e")
         .join(format!("monitor-component-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let built = tuk_e2e::signing::build(&["hello"]);
-    let key = tuk_measure::sign::SigningKey::generate().unwrap();
-    let bundle = dir.join("hello.bundle");
-    std::fs::write(
-        &bundle,
-        tuk_e2e::signing::sign(&key, "hello", "1.0.0", &built["hello"]),
-    )
-    .unwrap();
-    let key_pub = dir.join("key.pub");
-    std::fs::write(&key_pub, key.trusted_key().to_json()).unwrap();
+    let signed = tuk_e2e::signing::signed_bundle(&dir, "hello");
+    let (bundle, key_pub) = (signed.bundle, signed.key_pub);
     let extra: Vec<std::ffi::OsString> = vec![
         "--component".into(),
         format!("hello={}", bundle.display()).into(),
@@ -320,18 +261,7 @@ fn component_code_is_found_from_outside_with_the_guest_monitor_off() {
             .is_err(),
         "no event before tampering"
     );
-    let out = Command::new(TUK)
-        .arg("tamper")
-        .arg("--instance")
-        .arg(&run.state_dir)
-        .args(["--target", "component:hello:code", "--offset", "0x100"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = tamper_cli(TUK, &run.state_dir, "component:hello:code", "0x100");
     let tampered: Value = serde_json::from_slice(&out.stdout).unwrap();
     let at = Instant::now();
     let v = run.event(
@@ -354,11 +284,7 @@ fn component_code_is_found_from_outside_with_the_guest_monitor_off() {
             .is_err(),
         "one event per distinct change"
     );
-    let term = Command::new("kill")
-        .args(["-TERM", &run.child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    sigterm(&run.child.0);
     let stopped = run.event("stopped", Duration::from_secs(20));
     assert_eq!(stopped["reason"], "signal", "{stopped}");
     assert_eq!(run.wait_exit(Duration::from_secs(20)).code(), Some(0));

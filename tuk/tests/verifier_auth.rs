@@ -13,64 +13,24 @@
 //! - the signed claims name the URL, the service URL and the AK they are about, and expire
 //!   two intervals after they were made.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use tuk_e2e::{boot, vtpm_ca_dir};
+use tuk_e2e::process::Service;
+use tuk_e2e::verifier::{self, admin_token};
+use tuk_e2e::{boot, poll, tls};
 
 const TUK: &str = env!("CARGO_BIN_EXE_tuk");
 const INTERVAL_MS: u64 = 1000;
 
-/// A `tuk verifier serve` process, stopped on drop.
-struct Service {
-    child: Child,
-    _stdout: BufReader<ChildStdout>,
-    ready: Value,
-}
-
-impl Service {
-    fn start(state: &Path, extra: &[&str]) -> Service {
-        let mut child = Command::new(TUK)
-            .args(["verifier", "serve", "--listen", "127.0.0.1:0", "--interval"])
-            .arg(INTERVAL_MS.to_string())
-            .arg("--state-dir")
-            .arg(state)
-            .arg("--ca")
-            .arg(vtpm_ca_dir())
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("run tuk verifier serve");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read the ready line");
-        let ready: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("not a ready line: {line:?}: {e}"));
-        assert_eq!(ready["event"], "ready", "{ready}");
-        Service {
-            child,
-            _stdout: stdout,
-            ready,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.ready["listen"].as_str().unwrap())
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `tuk verifier serve` on the test's interval, with `extra` arguments; killed on drop.
+fn serve(state: &Path, extra: &[&str]) -> Service {
+    verifier::serve(TUK, state, INTERVAL_MS, extra)
 }
 
 /// (status, WWW-Authenticate, body) of a request, with `token` as the bearer token if given.
@@ -117,30 +77,28 @@ fn json_of(token: Option<&str>, method: &str, url: &str, body: Option<&Value>, w
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {url}: {e}: {text}"))
 }
 
-fn admin_token(state: &Path) -> String {
-    std::fs::read_to_string(state.join("admin.token"))
-        .expect("the verifier writes its first admin token to STATE_DIR/admin.token")
-        .trim()
-        .to_owned()
-}
-
 /// Waits until `id`'s latest result satisfies `done`; returns the instance document.
 fn wait_result(base: &str, token: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let doc = json_of(
-            Some(token),
-            "GET",
-            &format!("{base}/v1/instances/{id}"),
-            None,
-            200,
-        );
-        if !doc["latest"].is_null() && done(&doc) {
-            return doc;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "{doc}");
-        thread::sleep(Duration::from_millis(50));
-    }
+    poll::until(
+        &format!("a result about {id}"),
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || {
+            let doc = json_of(
+                Some(token),
+                "GET",
+                &format!("{base}/v1/instances/{id}"),
+                None,
+                200,
+            );
+            if !doc["latest"].is_null() && done(&doc) {
+                Ok(doc)
+            } else {
+                Err(doc.to_string())
+            }
+        },
+    )
+    .0
 }
 
 fn now_ms() -> i64 {
@@ -214,16 +172,6 @@ fn leaky_server(secret: &'static str) -> tuk_httpd::Running {
         .unwrap()
 }
 
-/// The instance's ADMIN url, which attestation talks to (shared design D1: `admin` in
-/// `<state_dir>/instance.json`); its service url while the launcher does not write one.
-fn admin_url(vm: &tuk_e2e::Instance) -> String {
-    std::fs::read(vm.state_dir().join("instance.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| v.get("admin").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_else(|| vm.url())
-}
-
 fn test_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir()
         .join("tuk-e2e")
@@ -238,14 +186,14 @@ fn verifier_api_refuses_the_attacks() {
     let dir = test_dir("api");
     let vm = boot("verifier-auth");
     // Attestation talks to the admin URL; the service URL is what a gateway forwards to.
-    let url = admin_url(&vm);
+    let url = vm.admin_url();
     let service_url = vm.url();
     // The same instance at another URL: a TCP relay to it.
     let target: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     let other_url = format!("http://{}", relay(target));
 
     let state = dir.join("v1");
-    let v = Service::start(&state, &["--max-instances", "2"]);
+    let v = serve(&state, &["--max-instances", "2"]);
     let base = v.url();
     let admin = admin_token(&state);
     let admin = Some(admin.as_str());
@@ -371,7 +319,11 @@ fn verifier_api_refuses_the_attacks() {
         claims["iat"].as_i64().unwrap(),
         claims["exp"].as_i64().unwrap(),
     );
-    assert_eq!(exp - iat, (2 * INTERVAL_MS / 1000) as i64, "{claims}");
+    assert_eq!(
+        exp - iat,
+        (2 * INTERVAL_MS).div_ceil(1000) as i64 + 1,
+        "{claims}"
+    );
     // The signed EAR carries the same claims.
     let jwk = json_of(None, "GET", &format!("{base}/v1/key"), None, 200);
     let key = tuk_verifier::ear::key_of_jwk(&jwk).unwrap();
@@ -501,7 +453,7 @@ fn verifier_api_refuses_the_attacks() {
 
     // --max-instances: with a limit of 1, a second id is refused before anything is fetched.
     let state_m = dir.join("v-max");
-    let m = Service::start(&state_m, &["--max-instances", "1"]);
+    let m = serve(&state_m, &["--max-instances", "1"]);
     let mtoken = admin_token(&state_m);
     json_of(
         Some(&mtoken),
@@ -523,7 +475,7 @@ fn verifier_api_refuses_the_attacks() {
     // Webhook delivery in parallel: ten black holes first, then a real hook. The real hook
     // hears the status change within a bound, however long the black holes hold on.
     let state2 = dir.join("v2");
-    let v2 = Service::start(&state2, &["--webhook-allow-private", "--timeout", "5"]);
+    let v2 = serve(&state2, &["--webhook-allow-private", "--timeout", "5"]);
     let base2 = v2.url();
     let token2 = admin_token(&state2);
     let admin2 = Some(token2.as_str());
@@ -551,22 +503,19 @@ fn verifier_api_refuses_the_attacks() {
         Some(&json!({"url": url, "id": "w"})),
         201,
     );
-    let start = Instant::now();
-    let (received, event) = loop {
-        if let Some(e) = got
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(_, e)| e["instance"] == "w" && e["previous"] == "pending")
-        {
-            break e.clone();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the real hook heard nothing"
-        );
-        thread::sleep(Duration::from_millis(20));
-    };
+    let ((received, event), _) = poll::until(
+        "the real hook heard the change",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || {
+            got.lock()
+                .unwrap()
+                .iter()
+                .find(|(_, e)| e["instance"] == "w" && e["previous"] == "pending")
+                .cloned()
+                .ok_or_else(|| "the real hook heard nothing".to_owned())
+        },
+    );
     let delay = received - event["at"].as_i64().unwrap();
     eprintln!("the real hook heard the change {delay} ms after the result was made");
     assert!(
@@ -579,36 +528,13 @@ fn verifier_api_refuses_the_attacks() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A certificate for 127.0.0.1 (self-signed, end-entity) made by the `openssl` CLI.
-fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("the openssl CLI (Debian's openssl)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
 /// `--tls-cert/--tls-key`: the API (tokens included) over HTTPS only.
 #[test]
 fn verifier_serves_https() {
     let dir = test_dir("tls");
-    let (cert, key) = certificate(&dir);
+    let (cert, key) = tls::self_signed_cert(&dir);
     let state = dir.join("v");
-    let v = Service::start(
+    let v = serve(
         &state,
         &[
             "--tls-cert",
@@ -620,17 +546,7 @@ fn verifier_serves_https() {
     let url = v.ready["url"].as_str().unwrap().to_owned();
     assert!(url.starts_with("https://"), "{url}");
     let token = admin_token(&state);
-    let ca = ureq::tls::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
-    let tls: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
-                .build(),
-        )
-        .build()
-        .into();
+    let tls = tls::https_agent(&cert);
     let status =
         |r: Result<ureq::http::Response<ureq::Body>, ureq::Error>| r.map(|r| r.status().as_u16());
     assert_eq!(

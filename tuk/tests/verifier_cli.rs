@@ -11,18 +11,17 @@
 //! affirming and the contraindicated one) parses and validates with Veraison's `ear` crate
 //! (`interop/ear-check`, built by this test outside the workspace).
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tuk_e2e::signing::{build, pack, sign};
-use tuk_e2e::{boot_full, free_listen, kernel_image, tamper, vtpm_ca_dir};
-use tuk_measure::policy::TrustPolicy;
+use tuk_e2e::process::Service;
+use tuk_e2e::signing::signed_pack;
+use tuk_e2e::{boot_full, free_listen, kernel_image, poll, tamper, verifier, vtpm_ca_dir};
 use tuk_measure::sign::SigningKey;
 
 const TUK: &str = env!("CARGO_BIN_EXE_tuk");
@@ -75,66 +74,12 @@ fn ear_check() -> &'static Path {
     })
 }
 
-/// A `tuk` service process (verifier or gateway), stopped with SIGTERM on drop.
-struct Service {
-    child: Child,
-    _stdout: BufReader<ChildStdout>,
-    ready: Value,
-}
-
-impl Service {
-    fn start(args: &[&std::ffi::OsStr]) -> Service {
-        let mut child = Command::new(TUK)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("run tuk");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read the ready line");
-        let ready: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("tuk {args:?} printed {line:?}, not a ready line: {e}"));
-        assert_eq!(ready["event"], "ready", "{ready}");
-        Service {
-            child,
-            _stdout: stdout,
-            ready,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.ready["listen"].as_str().unwrap())
-    }
-
-    fn stop(mut self) {
-        self.terminate();
-    }
-
-    fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "the service exited with {status}");
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        panic!("the service did not stop within 10 s of SIGTERM");
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// A `tuk` service process (verifier or gateway) started with `args`: its ready line read,
+/// killed on drop unless stopped.
+fn service(args: &[&std::ffi::OsStr]) -> Service {
+    let mut cmd = Command::new(TUK);
+    cmd.args(args);
+    Service::start(cmd)
 }
 
 fn agent() -> ureq::Agent {
@@ -194,20 +139,21 @@ fn wait_instance(
     within: Duration,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let start = Instant::now();
-    loop {
-        let doc = json_of("GET", &format!("{verifier}/v1/instances/{id}"), None, 200);
-        if done(&doc) {
-            eprintln!(
-                "instance {id}: {} after {:?}",
-                doc["status"],
-                start.elapsed()
-            );
-            return doc;
-        }
-        assert!(start.elapsed() < within, "not within {within:?}: {doc}");
-        thread::sleep(Duration::from_millis(50));
-    }
+    let (doc, took) = poll::until(
+        &format!("instance {id}"),
+        within,
+        Duration::from_millis(50),
+        || {
+            let doc = json_of("GET", &format!("{verifier}/v1/instances/{id}"), None, 200);
+            if done(&doc) {
+                Ok(doc)
+            } else {
+                Err(doc.to_string())
+            }
+        },
+    );
+    eprintln!("instance {id}: {} after {took:?}", doc["status"]);
+    doc
 }
 
 /// A PostgreSQL cluster of the test's own (Debian's postgresql binaries), stopped on drop.
@@ -371,16 +317,6 @@ fn verifier_args(
     a
 }
 
-/// The instance's ADMIN url, which attestation talks to (shared design D1: `admin` in
-/// `<state_dir>/instance.json`); its service url while the launcher does not write one.
-fn admin_url(vm: &tuk_e2e::Instance) -> String {
-    std::fs::read(vm.state_dir().join("instance.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| v.get("admin").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_else(|| vm.url())
-}
-
 /// A read token for the verifier with state `state` (`tuk verifier token --scope read`),
 /// written to `file` (0600) for `tuk gateway --verifier-token`.
 fn read_token_file(state: &Path, file: &Path) -> PathBuf {
@@ -406,10 +342,7 @@ fn read_token_file(state: &Path, file: &Path) -> PathBuf {
 /// The first admin token a verifier wrote into its state directory.
 fn admin_token(state: &Path) -> String {
     let path = state.join("admin.token");
-    let token = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .trim()
-        .to_owned();
+    let token = verifier::admin_token(state);
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o600,
@@ -433,7 +366,9 @@ fn verifier_gateway_and_kernel_reference() {
     ear_check();
 
     // Keys: one signs the components, one the kernel reference.
-    let key = SigningKey::generate().unwrap();
+    // The components (signed hello and kv) are built and packed here, under the first key.
+    let signed = signed_pack(&dir.join("pack"), &["hello", "kv"]);
+    let key = &signed.key;
     let key_pub = dir.join("components.pub");
     std::fs::write(&key_pub, key.trusted_key().to_json()).unwrap();
     let kernel_key = SigningKey::generate().unwrap();
@@ -474,17 +409,7 @@ fn verifier_gateway_and_kernel_reference() {
         built["sha256"].as_str().unwrap()
     );
     // A reference signed by a key the verifier does not trust is refused at start.
-    let out = Command::new(TUK)
-        .args([
-            "verifier",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-        ])
-        .arg(dir.join("untrusted"))
-        .arg("--ca")
-        .arg(vtpm_ca_dir())
+    let out = verifier::serve_command(TUK, &dir.join("untrusted"), INTERVAL_MS)
         .arg("--kernel-ref")
         .arg(&reference)
         .arg("--kernel-ref-key")
@@ -499,21 +424,10 @@ fn verifier_gateway_and_kernel_reference() {
     );
 
     // The instance: signed hello and kv, in-guest re-measurement every 100 ms.
-    let built = build(&["hello", "kv"]);
-    let policy = TrustPolicy {
-        keys: vec![key.trusted_key()],
-        allowed_names: None,
-        min_versions: Default::default(),
-    };
-    let bundles: Vec<(&str, Vec<u8>)> = ["hello", "kv"]
-        .iter()
-        .map(|n| (*n, sign(&key, n, "1.0.0", &built[*n])))
-        .collect();
-    let pack = pack(&dir.join("pack"), &bundles, &policy);
     let vm = boot_full(
         "verifier-cli",
         &[("integrity.interval_ms", "100")],
-        Some(&pack),
+        Some(&signed.pack),
         96,
     );
     let ca = vtpm_ca_dir();
@@ -531,7 +445,7 @@ fn verifier_gateway_and_kernel_reference() {
     // The verifier on SQLite, a webhook.
     let state = dir.join("verifier");
     let args = verifier_args(&state, None, &refs);
-    let v = Service::start(&os(&args));
+    let v = service(&os(&args));
     assert_eq!(v.ready["store"], "sqlite");
     let base = v.url();
     let token = admin_token(&state);
@@ -572,7 +486,7 @@ fn verifier_gateway_and_kernel_reference() {
         admin,
         "POST",
         &format!("{base}/v1/instances"),
-        Some(&json!({"url": admin_url(&vm), "service_url": vm.url(), "id": "a"})),
+        Some(&json!({"url": vm.admin_url(), "service_url": vm.url(), "id": "a"})),
         201,
     );
     assert_eq!(reg["status"], "pending");
@@ -580,7 +494,7 @@ fn verifier_gateway_and_kernel_reference() {
         admin,
         "POST",
         &format!("{base}/v1/instances"),
-        Some(&json!({"url": admin_url(&vm), "service_url": vm.url(), "id": "a"})),
+        Some(&json!({"url": vm.admin_url(), "service_url": vm.url(), "id": "a"})),
     );
     assert_eq!(status, 409, "{text}");
     let doc = wait_instance(&base, "a", Duration::from_secs(30), |d| {
@@ -637,7 +551,7 @@ fn verifier_gateway_and_kernel_reference() {
     std::fs::write(&bad_token_file, "not-a-token-of-this-verifier\n").unwrap();
     let mut bad_args = gw_args.clone();
     *bad_args.last_mut().unwrap() = bad_token_file.into();
-    let bad = Service::start(&os(&bad_args));
+    let bad = service(&os(&bad_args));
     let start = Instant::now();
     let bad_status = loop {
         let st = json_of("GET", &format!("{}/_gateway/status", bad.url()), None, 200);
@@ -657,7 +571,7 @@ fn verifier_gateway_and_kernel_reference() {
         "a gateway with a wrong verifier token forwarded: {body}"
     );
     drop(bad);
-    let gw = Service::start(&os(&gw_args));
+    let gw = service(&os(&gw_args));
     let gw_url = gw.url();
     let (status, body) = call("GET", &format!("{gw_url}/hello/"), None);
     assert_eq!(status, 200, "{body}");
@@ -679,7 +593,7 @@ fn verifier_gateway_and_kernel_reference() {
     );
     let before = before["results"].as_array().unwrap().clone();
     v.stop();
-    let v = Service::start(&os(&args));
+    let v = service(&os(&args));
     let base2 = v.url();
     assert_eq!(v.ready["instances"], 1);
     let after = json_of(
@@ -723,14 +637,14 @@ fn verifier_gateway_and_kernel_reference() {
             }
         })
         .collect();
-    let gw = Service::start(&os(&gw_args2));
+    let gw = service(&os(&gw_args2));
     let gw_url = gw.url();
 
     // The same service on PostgreSQL, across a restart.
     let pg = Postgres::start("verifier");
     let pg_state = dir.join("verifier-pg");
     let pg_args = verifier_args(&pg_state, Some(&pg.url()), &refs);
-    let p = Service::start(&os(&pg_args));
+    let p = service(&os(&pg_args));
     assert_eq!(p.ready["store"], "postgresql");
     let pbase = p.url();
     let pg_token = admin_token(&pg_state);
@@ -738,7 +652,7 @@ fn verifier_gateway_and_kernel_reference() {
         Some(&pg_token),
         "POST",
         &format!("{pbase}/v1/instances"),
-        Some(&json!({"url": admin_url(&vm), "service_url": vm.url(), "id": "a-pg"})),
+        Some(&json!({"url": vm.admin_url(), "service_url": vm.url(), "id": "a-pg"})),
         201,
     );
     wait_instance(&pbase, "a-pg", Duration::from_secs(30), |d| {
@@ -753,7 +667,7 @@ fn verifier_gateway_and_kernel_reference() {
         .clone();
     assert_eq!(pg_before[0]["status"], "affirming", "{pg_before}");
     p.stop();
-    let p = Service::start(&os(&pg_args));
+    let p = service(&os(&pg_args));
     let pbase = p.url();
     let pg_after = json_of(
         "GET",
@@ -806,19 +720,35 @@ fn verifier_gateway_and_kernel_reference() {
     let read = ear_crate_reads(doc["latest"]["ear"].as_str().unwrap());
     assert_eq!(read["status"], "contraindicated", "{read}");
     assert_eq!(read["submods"]["kernel"], "contraindicated", "{read}");
-    // The gateway cuts traffic within its poll (a quarter interval) and says why.
+    // The gateway cuts traffic within its poll (a quarter interval) and says why. Under load the
+    // last affirming result may expire (its signed exp) before the gateway's next poll brings
+    // the contraindicated one: traffic is cut either way, and the reason must turn to
+    // "contraindicated" within an interval of the cut.
     let start = Instant::now();
+    let mut cut_at = None;
     loop {
         let (status, body) = call("GET", &format!("{gw_url}/hello/"), None);
         if status == 503 {
-            assert!(body.contains("contraindicated"), "{body}");
-            break;
+            let cut = *cut_at.get_or_insert_with(Instant::now);
+            if body.contains("contraindicated") {
+                break;
+            }
+            assert!(body.contains("expired"), "503 for another reason: {body}");
+            assert!(
+                cut.elapsed() < Duration::from_millis(INTERVAL_MS),
+                "the gateway never learnt the contraindicated result: {body}"
+            );
+        } else {
+            assert!(
+                cut_at.is_none(),
+                "the gateway forwarded again after a cut: {body}"
+            );
+            assert_eq!(status, 200);
+            assert!(
+                start.elapsed() < Duration::from_millis(INTERVAL_MS),
+                "the gateway still forwards: {body}"
+            );
         }
-        assert_eq!(status, 200);
-        assert!(
-            start.elapsed() < Duration::from_millis(INTERVAL_MS),
-            "the gateway still forwards: {body}"
-        );
         thread::sleep(Duration::from_millis(20));
     }
     let status = json_of("GET", &format!("{gw_url}/_gateway/status"), None, 200);

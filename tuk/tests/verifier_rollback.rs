@@ -9,50 +9,30 @@
 //! rollback; the replayed state is contraindicated (instance identity: unrecognized) with the
 //! reason.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use tuk_e2e::{free_listen, kernel_image, vtpm_ca_dir, Accel, Instance, RunConfig};
+use tuk_e2e::process::Service;
+use tuk_e2e::{free_listen, kernel_image, poll, verifier, vtpm_ca_dir, Accel, Instance, RunConfig};
 
 const TUK: &str = env!("CARGO_BIN_EXE_tuk");
 
+/// `tuk verifier serve` (attesting every 500 ms) and its admin token.
 struct Verifier {
-    child: Child,
-    _stdout: BufReader<ChildStdout>,
+    /// Killed on drop.
+    _service: Service,
     url: String,
     token: String,
 }
 
 impl Verifier {
     fn start(state: &Path) -> Verifier {
-        let mut child = Command::new(TUK)
-            .args(["verifier", "serve", "--listen", "127.0.0.1:0", "--interval"])
-            .arg("500")
-            .arg("--state-dir")
-            .arg(state)
-            .arg("--ca")
-            .arg(vtpm_ca_dir())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("run tuk verifier serve");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let ready: Value = serde_json::from_str(&line).unwrap();
-        let token = std::fs::read_to_string(state.join("admin.token"))
-            .unwrap()
-            .trim()
-            .to_owned();
+        let service = verifier::serve(TUK, state, 500, &[] as &[&str]);
         Verifier {
-            child,
-            _stdout: stdout,
-            url: format!("http://{}", ready["listen"].as_str().unwrap()),
-            token,
+            url: service.url(),
+            token: verifier::admin_token(state),
+            _service: service,
         }
     }
 
@@ -91,44 +71,32 @@ impl Verifier {
             Some(&json!({"url": url, "id": id, "replace": true})),
         );
         assert!(status == 200 || status == 201, "{status} {doc}");
-        let start = Instant::now();
-        loop {
-            let (_, doc) = self.call(
-                "GET",
-                &format!("/v1/instances/{id}/results?limit=100"),
-                None,
-            );
-            let mine: Vec<Value> = doc["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|r| r["claims"]["tuk_url"] == url)
-                .cloned()
-                .collect();
-            if mine.len() >= results {
-                return mine;
-            }
-            assert!(start.elapsed() < Duration::from_secs(60), "{doc}");
-            thread::sleep(Duration::from_millis(50));
-        }
+        poll::until(
+            &format!("{results} results about {url}"),
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || {
+                let (_, doc) = self.call(
+                    "GET",
+                    &format!("/v1/instances/{id}/results?limit=100"),
+                    None,
+                );
+                let mine: Vec<Value> = doc["results"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r["claims"]["tuk_url"] == url)
+                    .cloned()
+                    .collect();
+                if mine.len() >= results {
+                    Ok(mine)
+                } else {
+                    Err(doc.to_string())
+                }
+            },
+        )
+        .0
     }
-}
-
-impl Drop for Verifier {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The instance's ADMIN url, which attestation talks to (shared design D1: `admin` in
-/// `<state_dir>/instance.json`); its service url while the launcher does not write one.
-fn admin_url(vm: &Instance) -> String {
-    std::fs::read(vm.state_dir().join("instance.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| v.get("admin").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_else(|| vm.url())
 }
 
 fn boot_on(state: &Path) -> Instance {
@@ -187,13 +155,13 @@ fn a_rolled_back_tpm_is_contraindicated() {
 
     // Run 1, attested; then its TPM state is copied.
     let vm = boot_on(&vm_state);
-    let run1 = v.attest("r", &admin_url(&vm), 1);
+    let run1 = v.attest("r", &vm.admin_url(), 1);
     stop(vm);
     copy_dir(&vm_state.join("tpm"), &saved);
 
     // Run 2: an honest reboot (one more reset). Attested for a while, so the clock goes on.
     let vm = boot_on(&vm_state);
-    let run2 = v.attest("r", &admin_url(&vm), 4);
+    let run2 = v.attest("r", &vm.admin_url(), 4);
     stop(vm);
     for r in run2.iter().chain(&run1) {
         assert!(
@@ -212,7 +180,7 @@ fn a_rolled_back_tpm_is_contraindicated() {
     // The attack: run 1's TPM state put back.
     copy_dir(&saved, &vm_state.join("tpm"));
     let vm = boot_on(&vm_state);
-    let run3 = v.attest("r", &admin_url(&vm), 1);
+    let run3 = v.attest("r", &vm.admin_url(), 1);
     let r = &run3[run3.len() - 1];
     eprintln!(
         "run 2 ended at {newest:?}; the restored TPM quotes {:?}",

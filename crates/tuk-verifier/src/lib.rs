@@ -680,8 +680,15 @@ impl Verifier {
             claims["tuk_service_url"] = Value::from(s.as_str());
         }
         claims["tuk_ak_name"] = Value::from(live.row.ak_name.as_str());
-        // Valid for two intervals from its making (whole seconds, rounded up).
-        let window = self.interval_ms().saturating_mul(2).div_ceil(1000).max(1);
+        // Valid for at least two intervals from its making: `iat` is truncated to whole
+        // seconds, so one second more keeps a result made late in a second from expiring
+        // before two intervals have passed (a gateway would otherwise flap under load).
+        let window = self
+            .interval_ms()
+            .saturating_mul(2)
+            .div_ceil(1000)
+            .max(1)
+            .saturating_add(1);
         claims["exp"] = Value::from(result.issued_at.saturating_add(window));
         let error = result.refusal.clone().or(rollback);
         Ok((

@@ -21,4 +21,5 @@ pub use self::x86_64::{
     },
     parse_boot_info, port,
     time::{now_us, set_wall_clock, tsc_khz, wall_clock_ns},
+    xen::{detect as detect_hypervisor, hypervisor, Hypervisor},
 };

@@ -1,4 +1,5 @@
-//! x86_64 support: PVH boot, GDT/TSS/IDT, paging with W^X, LAPIC/IOAPIC, TSC clock.
+//! x86_64 support: PVH boot, GDT/TSS/IDT, paging with W^X, LAPIC/IOAPIC, TSC clock, hypervisor
+//! detection (xen.rs).
 
 pub mod apic;
 pub mod boot;
@@ -10,6 +11,7 @@ mod idt;
 pub mod paging;
 pub mod port;
 pub mod time;
+pub mod xen;
 
 /// First stage: descriptor tables and exception handlers, so any fault from here on prints a
 /// diagnosis instead of triple-faulting. Needs no heap.
