@@ -4,7 +4,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export ROOT
 
 # System packages tuk needs (see docs/platform.md for why each one).
-APT_PACKAGES=(qemu-system-x86 rustc-web cargo-web rust-web-src rust-web-clippy lld wrk curl docker-registry swtpm swtpm-tools tpm2-tools postgresql libsqlite3-dev libssl-dev pkg-config libxen-dev)
+APT_PACKAGES=(qemu-system-x86 rustc-web cargo-web rust-web-src rust-web-clippy lld wrk curl docker-registry swtpm swtpm-tools tpm2-tools postgresql libsqlite3-dev libssl-dev pkg-config libxen-dev chromium debootstrap cpio)
 
 log() { printf '==> %s\n' "$*" >&2; }
 

@@ -3,7 +3,9 @@
 //!
 //! Boot order (each step needs the ones before it):
 //! 1. `arch::init_early`: GDT/TSS (IST stacks) and IDT, so any fault prints a diagnosis;
-//! 2. serial console, boot information (memory map, command line), configuration, logging;
+//! 2. hypervisor detection (on Xen the console is port 0xe9, the clock Xen's time leaf and the
+//!    exit `SCHEDOP_shutdown`: docs/xen.md), the console, boot information (memory map,
+//!    command line), configuration, logging;
 //! 3. heap on the RAM the boot page tables map, then the final W^X page tables, then the rest
 //!    of RAM;
 //! 4. interrupt controllers and the TSC clock;
@@ -63,6 +65,8 @@ macro_rules! fail {
 #[no_mangle]
 extern "C" fn kernel_entry(start_info: u32) -> ! {
     arch::init_early();
+    // Before the console: on Xen it is the debug port, not the UART (docs/xen.md).
+    let hypervisor = arch::detect_hypervisor();
     serial::init();
     let info = match arch::parse_boot_info(u64::from(start_info)) {
         Ok(info) => info,
@@ -103,7 +107,6 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
     if let Some(ms) = config.unix_time_ms {
         arch::set_wall_clock(ms);
     }
-    let hypervisor = arch::detect_hypervisor();
     let tsc_khz = arch::init_interrupts();
     log::info!(
         "tuk-kernel {} booting; cmdline: {cmdline}",
@@ -142,6 +145,13 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
         wx.executable_pages
     );
 
+    if hypervisor.is_xen() {
+        // Until netfront exists (docs/xen.md, next steps) there is nothing to serve on: say so.
+        logger::console_line(format_args!(
+            "tuk: no network device on Xen yet (netfront not built, issue 13); stopping"
+        ));
+        arch::exit_qemu(ExitCode::Fault);
+    }
     let slots = slots_from_cmdline(&cmdline);
     let device = match NetDevice::probe(&slots) {
         Ok(d) => d,

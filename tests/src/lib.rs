@@ -14,6 +14,7 @@ pub use tuk_launcher::{Accel, ExitKind, Instance, LaunchError, RunConfig};
 
 pub mod attestation;
 pub mod poll;
+pub mod postgres;
 pub mod process;
 pub mod signing;
 pub mod tls;

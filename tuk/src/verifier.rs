@@ -159,7 +159,8 @@ pub struct ServeArgs {
     /// (postgres://user@host:port/db).
     #[arg(long, value_name = "FILE|URL")]
     db: Option<String>,
-    /// The private key that signs results (a `tuk keygen` .key file).
+    /// The private key that signs results (a `tuk keygen` .key file). Several processes on
+    /// one PostgreSQL share the fleet: give each the same key file.
     #[arg(long, value_name = "KEY")]
     ear_key: Option<PathBuf>,
     /// Attest every registered instance this often, in milliseconds.
@@ -292,6 +293,14 @@ pub fn verifier(cmd: VerifierCommand) -> Result<ExitCode> {
         .ear_key
         .clone()
         .unwrap_or_else(|| args.state_dir.join("ear.key"));
+    if store.kind() == "postgresql" && args.ear_key.is_none() {
+        eprintln!(
+            "tuk verifier: note: with PostgreSQL, every verifier process on the database \
+             attests a share of the fleet: give them all the same --ear-key so gateways verify \
+             results from any of them (this one signs with {})",
+            key_path.display()
+        );
+    }
     let signer = tuk_verifier::ear::EarSigner::new(ear_key(&key_path)?);
     let keyid = signer.keyid();
     let kind = store.kind();
@@ -341,6 +350,8 @@ pub fn verifier(cmd: VerifierCommand) -> Result<ExitCode> {
         "ear_key": keyid,
         "interval_ms": args.interval_ms,
         "instances": service.list().len(),
+        "lease_holder": service.lease().map(|(h, _)| h),
+        "lease_ttl_ms": service.lease().map(|(_, t)| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
     }))?;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));

@@ -7,7 +7,8 @@
 //! Access ([`crate::auth`]): `GET /healthz`, `/metrics`, `/v1/key` and `/v1/openapi.yaml` are
 //! open; the other GET routes need a `read` token (or none with `--read-anonymous`), except
 //! `GET /v1/webhooks` (hook URLs often carry secrets) which needs `admin`; every other
-//! method needs an `admin` token.
+//! method needs an `admin` token. `/ui/…`, the dashboard's pages ([`dashboard`]), are open:
+//! they hold no data, their script reads these routes with the user's token.
 
 use std::sync::Arc;
 
@@ -16,6 +17,8 @@ use serde_json::{json, Value};
 use tuk_httpd::{Request, Response};
 
 use crate::auth::{Caller, Denied, Scope, Tokens};
+
+use crate::dashboard;
 use crate::{Registration, ServiceError, Verifier};
 
 /// Who may use the API.
@@ -94,6 +97,11 @@ fn body<T: for<'de> Deserialize<'de>>(req: &Request) -> Result<T, ServiceError> 
 /// The request handler: authentication, then the routes.
 pub fn handler(v: Arc<Verifier>, access: Access) -> Arc<tuk_httpd::Handler> {
     Arc::new(move |req: &Request| {
+        // The dashboard's pages hold no data (their script reads this API with the user's
+        // token), so they are open; see dashboard.rs.
+        if dashboard::is_ui(&req.path) {
+            return dashboard::serve(&req.method, &req.path, access.read_anonymous);
+        }
         let need = required_scope(&req.method, &req.path);
         let caller =
             match access

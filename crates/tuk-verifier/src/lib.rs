@@ -23,10 +23,16 @@
 //! - **State** lives in the [`store::Store`] (SQLite file or PostgreSQL): a restarted
 //!   verifier reloads its instances (re-checking their stored identities), history and
 //!   webhooks, and goes on.
+//! - **Scale-out** (PostgreSQL only; docs/verifier.md "Scaling out"): several processes on
+//!   one database share the fleet through per-instance leases ([`lease_ttl`]), claimed with
+//!   `FOR UPDATE SKIP LOCKED` and renewed while attesting; each result is stored (gap-free
+//!   `seq`) and its status change decided in one transaction, so one webhook fires per change;
+//!   registrations reach every process through a change counter. SQLite is one process.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod ear;
 pub mod metrics;
 pub mod store;
@@ -49,7 +55,7 @@ use tuk_attest::{Attester, HttpAttester, References};
 
 use crate::ear::EarSigner;
 use crate::metrics::Metrics;
-use crate::store::{AuditRow, InstanceRow, ResultRow, Store, StoreError};
+use crate::store::{AuditRow, InstanceRow, ResultRow, Store, StoreError, Stored};
 use crate::webhook::Delivery;
 
 /// Status of an instance with no result yet.
@@ -147,6 +153,25 @@ pub struct Verifier {
     /// Per instance (id and AK): the highest monitor report `seq` accepted.
     monitor_seqs: Mutex<BTreeMap<String, u64>>,
     generations: std::sync::atomic::AtomicU64,
+    /// PostgreSQL: the fleet is shared with other processes through leases.
+    shared: Option<Shared>,
+}
+
+/// A process's part in a fleet shared through PostgreSQL (docs/verifier.md, "Scaling out").
+struct Shared {
+    /// This process's lease holder id (random, with the host name and pid for operators).
+    holder: String,
+    /// How long a lease holds without renewal: [`lease_ttl`].
+    ttl_ms: i64,
+    /// The registration-change count last loaded.
+    fleet_seen: std::sync::atomic::AtomicI64,
+}
+
+/// How long a lease holds without renewal: 3 intervals, at least 2 s. A process renews its
+/// leases every third of it while it attests, so one that dies loses them within this time
+/// and another process takes the instances over.
+pub fn lease_ttl(interval: Duration) -> Duration {
+    (interval * 3).max(Duration::from_secs(2))
 }
 
 /// Errors a caller can act on.
@@ -238,6 +263,18 @@ impl Verifier {
             })
             .collect();
         let delivery = Delivery::new(cfg.webhook_allow_private, cfg.timeout, Arc::clone(&metrics));
+        let shared = (store.kind() == "postgresql").then(|| Shared {
+            holder: format!(
+                "{}-{}-{}",
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_default(),
+                std::process::id(),
+                tuk_measure::hex(&tuk_attest::attester::random_bytes(4))
+            ),
+            ttl_ms: i64::try_from(lease_ttl(cfg.interval).as_millis()).unwrap_or(i64::MAX),
+            fleet_seen: std::sync::atomic::AtomicI64::new(store.fleet_version().unwrap_or(-1)),
+        });
         let v = Arc::new(Verifier {
             cfg,
             store,
@@ -249,6 +286,7 @@ impl Verifier {
             clocks: Mutex::new(clocks),
             monitor_seqs: Mutex::default(),
             generations: std::sync::atomic::AtomicU64::new(1),
+            shared,
         });
         spawn_notifier(Arc::clone(&v), rx, delivery);
         spawn_scheduler(Arc::clone(&v));
@@ -257,6 +295,17 @@ impl Verifier {
 
     pub fn interval(&self) -> Duration {
         self.cfg.interval
+    }
+
+    /// PostgreSQL: this process's lease holder id and the lease time (the fleet is shared
+    /// with every process on the same database); None with SQLite (one process).
+    pub fn lease(&self) -> Option<(&str, Duration)> {
+        self.shared.as_ref().map(|sh| {
+            (
+                sh.holder.as_str(),
+                Duration::from_millis(u64::try_from(sh.ttl_ms).unwrap_or(0)),
+            )
+        })
     }
 
     pub fn signer(&self) -> &EarSigner {
@@ -487,7 +536,16 @@ impl Verifier {
         let map = self.read();
         let live = map.get(id).ok_or_else(|| not_found(id))?;
         let mut s = self.summary(live);
-        s["latest"] = live.latest.as_ref().map_or(Value::Null, result_json);
+        let latest = match &self.shared {
+            // Another process may have attested it since this one last synced.
+            Some(_) => self.store.results(id, 1, None)?.into_iter().next(),
+            None => live.latest.clone(),
+        };
+        if let Some(r) = &latest {
+            s["status"] = Value::from(r.status.as_str());
+            s["at"] = Value::from(r.at);
+        }
+        s["latest"] = latest.as_ref().map_or(Value::Null, result_json);
         Ok(s)
     }
 
@@ -514,6 +572,14 @@ impl Verifier {
                 return Err(ServiceError::Conflict(format!(
                     "instance {id} is being attested right now; retry"
                 )));
+            }
+            if let Some(sh) = &self.shared {
+                if !self.store.claim_one(&sh.holder, id, sh.ttl_ms)? {
+                    return Err(ServiceError::Conflict(format!(
+                        "instance {id} is being attested right now by another verifier process \
+                         sharing this database; retry"
+                    )));
+                }
             }
             live.busy = Some(live.generation);
         }
@@ -613,14 +679,42 @@ impl Verifier {
             },
         };
         self.metrics.attestation(&row.status, started.elapsed());
-        match self.store.add_result(&row) {
-            Ok(seq) => row.seq = seq,
-            Err(e) => {
-                // Not stored: keep serving the fresh result, say so, and retry next interval.
-                self.metrics.store_error();
-                eprintln!("tuk-verifier: cannot store the result for {id}: {e}");
-            }
-        }
+        let holder = self.shared.as_ref().map(|sh| sh.holder.as_str());
+        let interval_ms = i64::try_from(self.interval_ms()).unwrap_or(i64::MAX);
+        // Whether the status changed is decided in the storing transaction; None: not stored.
+        let stored_previous =
+            match self
+                .store
+                .add_result_leased(&row, holder, live.row.registered_at, interval_ms)
+            {
+                Ok(Stored::Added { seq, previous }) => {
+                    row.seq = seq;
+                    Some(previous)
+                }
+                Ok(Stored::LeaseLost { holder }) => {
+                    // This process was too slow: another took the instance over (its result
+                    // counts); this one is dropped.
+                    eprintln!(
+                        "tuk-verifier: the result for {id} is not stored: its lease passed to \
+                     {holder} while this process attested"
+                    );
+                    if let Some(l) = self.write().get_mut(id) {
+                        if l.busy == Some(live.generation) {
+                            l.busy = None;
+                        }
+                    }
+                    return row;
+                }
+                Err(e) => {
+                    // Not stored: keep serving the fresh result, say so, and retry next interval.
+                    self.metrics.store_error();
+                    eprintln!("tuk-verifier: cannot store the result for {id}: {e}");
+                    if let Some(sh) = &self.shared {
+                        let _ = self.store.release_lease(&sh.holder, id, interval_ms);
+                    }
+                    None
+                }
+            };
         let previous = {
             let mut map = self.write();
             let Some(l) = map.get_mut(id) else {
@@ -636,10 +730,11 @@ impl Verifier {
                 }
                 return row;
             }
-            let previous = l
-                .latest
-                .as_ref()
-                .map_or(PENDING.to_owned(), |r| r.status.clone());
+            let previous = stored_previous.unwrap_or_else(|| {
+                l.latest
+                    .as_ref()
+                    .map_or(PENDING.to_owned(), |r| r.status.clone())
+            });
             l.latest = Some(row.clone());
             l.busy = None;
             l.due = Instant::now() + self.cfg.interval;
@@ -745,6 +840,27 @@ impl Verifier {
             return None;
         }
         let mut clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+        if self.shared.is_some() {
+            // Other processes quote this AK too: compare with the latest counters any of them
+            // kept.
+            match self.store.tpm_clock(ak_name) {
+                Ok(Some((reset_count, restart_count, clock))) => {
+                    clocks.insert(
+                        ak_name.to_owned(),
+                        TpmClock {
+                            reset_count,
+                            restart_count,
+                            clock,
+                        },
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.metrics.store_error();
+                    eprintln!("tuk-verifier: cannot read the TPM counters of AK {ak_name}: {e}");
+                }
+            }
+        }
         let reason = clocks
             .get(ak_name)
             .filter(|last| is_rollback(last, &now))
@@ -790,6 +906,125 @@ impl Verifier {
         if let Some(l) = self.write().get_mut(id) {
             l.busy = None;
             l.due = Instant::now() + self.cfg.interval;
+        }
+        if let Some(sh) = &self.shared {
+            let next = i64::try_from(self.interval_ms()).unwrap_or(i64::MAX);
+            if let Err(e) = self.store.release_lease(&sh.holder, id, next) {
+                eprintln!("tuk-verifier: cannot release the lease of {id}: {e}");
+            }
+        }
+    }
+
+    /// Shared fleet: instances this process claims now (due, not leased by another process),
+    /// marked busy; at most as many as it has idle workers.
+    fn claim_due(&self, sh: &Shared) -> Vec<String> {
+        let busy = self.read().values().filter(|l| l.busy.is_some()).count();
+        let idle = self.cfg.workers.max(1).saturating_sub(busy);
+        if idle == 0 {
+            return Vec::new();
+        }
+        let claimed =
+            match self
+                .store
+                .claim_due(&sh.holder, sh.ttl_ms, i64::try_from(idle).unwrap_or(1))
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    self.metrics.store_error();
+                    eprintln!("tuk-verifier: cannot claim due instances: {e}");
+                    return Vec::new();
+                }
+            };
+        if claimed.is_empty() {
+            return claimed;
+        }
+        if claimed.iter().any(|id| !self.read().contains_key(id)) {
+            // Registered through another process since the last reload.
+            self.reload_instances(sh, true);
+        }
+        let mut out = Vec::new();
+        let mut map = self.write();
+        for id in claimed {
+            match map.get_mut(&id) {
+                Some(l) if l.busy.is_none() => {
+                    l.busy = Some(l.generation);
+                    out.push(id);
+                }
+                _ => {
+                    let next = i64::try_from(self.interval_ms()).unwrap_or(i64::MAX);
+                    let _ = self.store.release_lease(&sh.holder, &id, next);
+                }
+            }
+        }
+        out
+    }
+
+    /// Shared fleet: reloads the registered instances when another process changed them (a
+    /// counter in the database; `force` reloads anyway). Instances attesting keep their
+    /// in-flight state.
+    fn reload_instances(&self, sh: &Shared, force: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let version = match self.store.fleet_version() {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("tuk-verifier: cannot read the registration counter: {e}");
+                return;
+            }
+        };
+        if !force && version == sh.fleet_seen.load(Relaxed) {
+            return;
+        }
+        let rows = match self.store.instances() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("tuk-verifier: cannot reload the instances: {e}");
+                return;
+            }
+        };
+        let mut map = self.write();
+        let ids: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        map.retain(|id, _| ids.contains(id.as_str()));
+        for row in rows {
+            if map.get(&row.id).is_some_and(|l| l.row == row) {
+                continue;
+            }
+            let identity = restore_identity(&row, &self.cfg.refs);
+            let generation = self
+                .generations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let busy = map.get(&row.id).and_then(|l| l.busy);
+            map.insert(
+                row.id.clone(),
+                Live {
+                    row,
+                    identity,
+                    latest: None,
+                    due: Instant::now(),
+                    busy,
+                    generation,
+                },
+            );
+        }
+        sh.fleet_seen.store(version, Relaxed);
+    }
+
+    /// Shared fleet: every instance's latest result from the database (other processes
+    /// attest too), for the list, the status counts and the metrics.
+    fn reload_latest(&self) {
+        match self.store.latest_results() {
+            Ok(rows) => {
+                let mut map = self.write();
+                for r in rows {
+                    if let Some(l) = map.get_mut(&r.instance) {
+                        if r.at >= l.row.registered_at
+                            && l.latest.as_ref().is_none_or(|old| old.seq < r.seq)
+                        {
+                            l.latest = Some(r);
+                        }
+                    }
+                }
+            }
+            Err(e) => eprintln!("tuk-verifier: cannot reload the latest results: {e}"),
         }
     }
 
@@ -864,6 +1099,8 @@ fn spawn_scheduler(v: Arc<Verifier>) {
             });
     }
     let mut last_prune = Instant::now();
+    let mut last_renew = Instant::now();
+    let mut last_sync = Instant::now();
     let _ = thread::Builder::new()
         .name("attest-scheduler".into())
         .spawn(move || loop {
@@ -877,13 +1114,39 @@ fn spawn_scheduler(v: Arc<Verifier>) {
                     }
                 }
             }
-            for id in v.take_due() {
+            let due = match &v.shared {
+                None => v.take_due(),
+                Some(sh) => {
+                    v.reload_instances(sh, false);
+                    let ttl = Duration::from_millis(u64::try_from(sh.ttl_ms).unwrap_or(0));
+                    if last_renew.elapsed() >= ttl / 3 {
+                        last_renew = Instant::now();
+                        if let Err(e) = v.store.renew_leases(&sh.holder, sh.ttl_ms) {
+                            v.metrics.store_error();
+                            eprintln!("tuk-verifier: cannot renew the leases: {e}");
+                        }
+                    }
+                    if last_sync.elapsed() >= Duration::from_secs(1) {
+                        last_sync = Instant::now();
+                        v.reload_latest();
+                    }
+                    v.claim_due(sh)
+                }
+            };
+            for id in due {
                 if tx.send(id).is_err() {
                     return;
                 }
             }
-            let tick =
+            let mut tick =
                 (v.cfg.interval / 20).clamp(Duration::from_millis(10), Duration::from_millis(250));
+            if v.shared.is_some() {
+                // Jittered (0.5 to 1.5 ticks): processes with the same tick would otherwise
+                // keep one phase, and the one ticking first after instances fall due would
+                // claim them all while it has idle workers.
+                let r = u32::from(tuk_attest::attester::random_bytes(1)[0]);
+                tick = tick / 2 + tick * r / 255;
+            }
             thread::sleep(tick);
         });
 }

@@ -123,7 +123,29 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS audit (id TEXT PRIMARY KEY, at BIGINT NOT NULL, instance TEXT NOT NULL, action TEXT NOT NULL, actor TEXT NOT NULL, detail TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS audit_instance ON audit (instance, at)",
     "CREATE TABLE IF NOT EXISTS tpm_clocks (ak_name TEXT PRIMARY KEY, reset_count BIGINT NOT NULL, restart_count BIGINT NOT NULL, clock BIGINT NOT NULL)",
+    // Scale-out (docs/verifier.md, "Scaling out"): one lease per instance (who attests it,
+    // until when the lease holds, when it is due next; times in the database's clock, ms),
+    // and a counter bumped on every registration change so other processes reload.
+    "CREATE TABLE IF NOT EXISTS leases (instance TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at BIGINT NOT NULL, due_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS fleet (name TEXT PRIMARY KEY, version BIGINT NOT NULL)",
 ];
+
+/// The database's clock in Unix ms (PostgreSQL): lease times of every process come from one
+/// clock.
+const PG_NOW: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+
+/// A lease: (instance, holder (empty when free), expires_at, due_at), in the database's clock.
+pub type Lease = (String, String, i64, i64);
+
+/// What [`Store::add_result_leased`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored as `seq`; `previous` is the instance's status before it (`pending` when it has
+    /// no result since its registration): the one decision whether a webhook fires.
+    Added { seq: i64, previous: String },
+    /// Not stored: the lease was taken over by another process (this one was too slow).
+    LeaseLost { holder: String },
+}
 
 /// Columns added since the first schema: (table, column, type). Added to an older database
 /// when missing.
@@ -149,8 +171,26 @@ impl Store {
                     ));
                 }
                 let conn = rusqlite::Connection::open(path)?;
-                // Durable on commit, concurrent readers with one writer.
-                conn.pragma_update(None, "journal_mode", "WAL")?;
+                // One process: the connection takes the database's lock on first access and
+                // keeps it until it closes (several processes share a fleet through
+                // PostgreSQL). Durable on commit.
+                conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+                conn.busy_timeout(std::time::Duration::ZERO)?;
+                let locked = conn
+                    .pragma_update(None, "journal_mode", "WAL")
+                    .and_then(|()| conn.execute_batch("BEGIN IMMEDIATE; COMMIT;"));
+                match locked {
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+                    {
+                        return Err(StoreError::Url(format!(
+                            "another process uses the SQLite database {path}: a SQLite verifier \
+                             is one process; stop the other one, or run several against one \
+                             PostgreSQL (--db postgres://..., docs/verifier.md \"Scaling out\")"
+                        )));
+                    }
+                    other => other?,
+                }
                 conn.pragma_update(None, "synchronous", "FULL")?;
                 conn.busy_timeout(std::time::Duration::from_secs(5))?;
                 (Backend::Sqlite(conn), "sqlite")
@@ -173,6 +213,12 @@ impl Store {
                 )?;
             }
         }
+        // Instances registered before leases existed get theirs.
+        store.execute(
+            "INSERT INTO leases (instance, holder, expires_at, due_at) SELECT id, '', 0, 0 FROM instances WHERE true \
+             ON CONFLICT (instance) DO NOTHING",
+            &[],
+        )?;
         Ok(store)
     }
 
@@ -190,67 +236,16 @@ impl Store {
     /// Runs a statement; returns the number of rows changed.
     pub fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
         match &mut *self.lock() {
-            Backend::Sqlite(c) => {
-                let sql = sql.replace('$', "?");
-                let p = sqlite_params(params);
-                let refs: Vec<&dyn rusqlite::ToSql> = p.iter().map(|v| v as _).collect();
-                Ok(c.execute(&sql, refs.as_slice())? as u64)
-            }
-            Backend::Postgres(c) => {
-                let p = pg_params(params);
-                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                    p.iter().map(|v| v.as_ref()).collect();
-                Ok(c.execute(sql, &refs)?)
-            }
+            Backend::Sqlite(c) => sqlite_execute(c, sql, params),
+            Backend::Postgres(c) => pg_execute(c, sql, params),
         }
     }
 
     /// Runs a query; every column must be BIGINT or TEXT.
     pub fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Val>>, StoreError> {
         match &mut *self.lock() {
-            Backend::Sqlite(c) => {
-                let sql = sql.replace('$', "?");
-                let p = sqlite_params(params);
-                let refs: Vec<&dyn rusqlite::ToSql> = p.iter().map(|v| v as _).collect();
-                let mut stmt = c.prepare(&sql)?;
-                let n = stmt.column_count();
-                let rows = stmt.query_map(refs.as_slice(), |row| {
-                    (0..n)
-                        .map(|i| {
-                            Ok(match row.get_ref(i)? {
-                                rusqlite::types::ValueRef::Integer(v) => Val::Int(v),
-                                rusqlite::types::ValueRef::Text(t) => {
-                                    Val::Text(String::from_utf8_lossy(t).into_owned())
-                                }
-                                _ => Val::Null,
-                            })
-                        })
-                        .collect::<Result<Vec<Val>, rusqlite::Error>>()
-                })?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            }
-            Backend::Postgres(c) => {
-                let p = pg_params(params);
-                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                    p.iter().map(|v| v.as_ref()).collect();
-                let rows = c.query(sql, &refs)?;
-                Ok(rows
-                    .iter()
-                    .map(|row| {
-                        (0..row.len())
-                            .map(|i| {
-                                if let Ok(Some(v)) = row.try_get::<_, Option<i64>>(i) {
-                                    Val::Int(v)
-                                } else if let Ok(Some(v)) = row.try_get::<_, Option<String>>(i) {
-                                    Val::Text(v)
-                                } else {
-                                    Val::Null
-                                }
-                            })
-                            .collect()
-                    })
-                    .collect())
-            }
+            Backend::Sqlite(c) => sqlite_query(c, sql, params),
+            Backend::Postgres(c) => pg_query(c, sql, params),
         }
     }
 
@@ -269,14 +264,42 @@ impl Store {
                 Param::OptText(i.monitor_url.as_deref()),
             ],
         )?;
+        // Due at once (a replacement too); a lease in flight stays with its holder.
+        self.execute(
+            "INSERT INTO leases (instance, holder, expires_at, due_at) VALUES ($1, '', 0, 0) \
+             ON CONFLICT (instance) DO UPDATE SET due_at = 0",
+            &[Param::Text(&i.id)],
+        )?;
+        self.bump_fleet()?;
         Ok(())
+    }
+
+    /// Counts a change of the registered instances (every process reloads on a new count).
+    fn bump_fleet(&self) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO fleet (name, version) VALUES ('instances', 1) \
+             ON CONFLICT (name) DO UPDATE SET version = fleet.version + 1",
+            &[],
+        )?;
+        Ok(())
+    }
+
+    /// The count of registration changes so far (0 before the first).
+    pub fn fleet_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .query("SELECT version FROM fleet WHERE name = 'instances'", &[])?
+            .first()
+            .map_or(0, |r| r[0].int()))
     }
 
     /// Removes an instance; false if there was none. Its results stay (for the audit trail;
     /// they age out with the retention like any others, and a re-registration of the id
     /// continues their `seq`).
     pub fn delete_instance(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.execute("DELETE FROM instances WHERE id = $1", &[Param::Text(id)])? > 0)
+        let gone = self.execute("DELETE FROM instances WHERE id = $1", &[Param::Text(id)])? > 0;
+        self.execute("DELETE FROM leases WHERE instance = $1", &[Param::Text(id)])?;
+        self.bump_fleet()?;
+        Ok(gone)
     }
 
     /// Appends an audit record.
@@ -336,26 +359,236 @@ impl Store {
 
     /// Appends a result; its `seq` is one more than the instance's last.
     pub fn add_result(&self, r: &ResultRow) -> Result<i64, StoreError> {
-        let seq = self
-            .query(
-                "SELECT COALESCE(MAX(seq), 0) FROM results WHERE instance = $1",
-                &[Param::Text(&r.instance)],
-            )?
-            .first()
-            .map_or(0, |row| row[0].int())
-            + 1;
-        self.execute(
-            "INSERT INTO results (seq, instance, at, status, ear, error) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
+        match self.add_result_leased(r, None, 0, 0)? {
+            Stored::Added { seq, .. } => Ok(seq),
+            Stored::LeaseLost { holder } => Err(StoreError::Url(format!(
+                "the lease of {} is held by {holder}",
+                r.instance
+            ))),
+        }
+    }
+
+    /// Appends a result in one transaction that serializes the instance's writers: its `seq`
+    /// is one more than the instance's last (gap-free; `(instance, seq)` is the primary key),
+    /// and the previous status is read in the same transaction (whether the status changed is
+    /// decided once, by the writer of the changing result). `registered_at`: results made
+    /// before it count as none (`pending`). With `holder` (PostgreSQL), the result is stored
+    /// only while that process holds the instance's lease, which is then released with the
+    /// instance due again `next_due_ms` from now.
+    pub fn add_result_leased(
+        &self,
+        r: &ResultRow,
+        holder: Option<&str>,
+        registered_at: i64,
+        next_due_ms: i64,
+    ) -> Result<Stored, StoreError> {
+        let id = Param::Text(&r.instance);
+        let insert = |seq: i64| -> [Param<'_>; 6] {
+            [
                 Param::Int(seq),
                 Param::Text(&r.instance),
                 Param::Int(r.at),
                 Param::Text(&r.status),
                 Param::OptText(r.ear.as_deref()),
                 Param::OptText(r.error.as_deref()),
+            ]
+        };
+        const LAST: &str =
+            "SELECT seq, status, at FROM results WHERE instance = $1 ORDER BY seq DESC LIMIT 1";
+        const INSERT: &str = "INSERT INTO results (seq, instance, at, status, ear, error) VALUES ($1, $2, $3, $4, $5, $6)";
+        let decide = |last: Vec<Vec<Val>>| -> (i64, String) {
+            match last.first() {
+                Some(l) => (
+                    l[0].int() + 1,
+                    if l[2].int() >= registered_at {
+                        l[1].text()
+                    } else {
+                        "pending".to_owned()
+                    },
+                ),
+                None => (1, "pending".to_owned()),
+            }
+        };
+        match &mut *self.lock() {
+            Backend::Sqlite(c) => {
+                if holder.is_some() {
+                    return Err(StoreError::Url(
+                        "leases need PostgreSQL (SQLite is one process)".into(),
+                    ));
+                }
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let (seq, previous) = decide(sqlite_query(&tx, LAST, &[id])?);
+                sqlite_execute(&tx, INSERT, &insert(seq))?;
+                tx.commit()?;
+                Ok(Stored::Added { seq, previous })
+            }
+            Backend::Postgres(c) => {
+                let mut tx = c.transaction()?;
+                // Every writer of this instance's results queues here.
+                pg_execute(&mut tx, "SELECT pg_advisory_xact_lock(hashtext($1))", &[id])?;
+                if let Some(me) = holder {
+                    let lease = pg_query(
+                        &mut tx,
+                        "SELECT holder FROM leases WHERE instance = $1 FOR UPDATE",
+                        &[id],
+                    )?;
+                    let current = lease.first().map(|l| l[0].text()).unwrap_or_default();
+                    if current != me {
+                        return Ok(Stored::LeaseLost {
+                            holder: if current.is_empty() {
+                                "nobody (it expired and was released)".into()
+                            } else {
+                                current
+                            },
+                        });
+                    }
+                }
+                let (seq, previous) = decide(pg_query(&mut tx, LAST, &[id])?);
+                pg_execute(&mut tx, INSERT, &insert(seq))?;
+                if let Some(me) = holder {
+                    pg_execute(
+                        &mut tx,
+                        &format!(
+                            "UPDATE leases SET holder = '', expires_at = 0, due_at = {PG_NOW} + $3 \
+                             WHERE instance = $1 AND holder = $2"
+                        ),
+                        &[id, Param::Text(me), Param::Int(next_due_ms)],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(Stored::Added { seq, previous })
+            }
+        }
+    }
+
+    /// Claims up to `limit` instances that are due and not leased (or whose lease expired)
+    /// for `holder`, until `ttl_ms` from now (PostgreSQL; `FOR UPDATE SKIP LOCKED`: processes
+    /// claiming at once get disjoint sets). Returns their ids.
+    pub fn claim_due(
+        &self,
+        holder: &str,
+        ttl_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.pg_only("leases")?;
+        Ok(self
+            .query(
+                &format!(
+                    "UPDATE leases SET holder = $1, expires_at = {PG_NOW} + $2 WHERE instance IN (\
+                     SELECT instance FROM leases WHERE due_at <= {PG_NOW} \
+                     AND (holder = '' OR expires_at <= {PG_NOW}) \
+                     ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING instance"
+                ),
+                &[Param::Text(holder), Param::Int(ttl_ms), Param::Int(limit)],
+            )?
+            .into_iter()
+            .map(|r| r[0].text())
+            .collect())
+    }
+
+    /// Claims `id` for `holder` now, due or not, unless another holds an unexpired lease.
+    pub fn claim_one(&self, holder: &str, id: &str, ttl_ms: i64) -> Result<bool, StoreError> {
+        self.pg_only("leases")?;
+        Ok(self.execute(
+            &format!(
+                "UPDATE leases SET holder = $1, expires_at = {PG_NOW} + $2 \
+                 WHERE instance = $3 AND (holder = '' OR expires_at <= {PG_NOW})"
+            ),
+            &[Param::Text(holder), Param::Int(ttl_ms), Param::Text(id)],
+        )? > 0)
+    }
+
+    /// Extends every lease `holder` holds to `ttl_ms` from now; returns how many.
+    pub fn renew_leases(&self, holder: &str, ttl_ms: i64) -> Result<u64, StoreError> {
+        self.pg_only("leases")?;
+        self.execute(
+            &format!("UPDATE leases SET expires_at = {PG_NOW} + $2 WHERE holder = $1"),
+            &[Param::Text(holder), Param::Int(ttl_ms)],
+        )
+    }
+
+    /// Gives up `holder`'s lease of `id` without a result, due again `next_due_ms` from now.
+    pub fn release_lease(
+        &self,
+        holder: &str,
+        id: &str,
+        next_due_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.pg_only("leases")?;
+        self.execute(
+            &format!(
+                "UPDATE leases SET holder = '', expires_at = 0, due_at = {PG_NOW} + $3 \
+                 WHERE instance = $1 AND holder = $2"
+            ),
+            &[
+                Param::Text(id),
+                Param::Text(holder),
+                Param::Int(next_due_ms),
             ],
         )?;
-        Ok(seq)
+        Ok(())
+    }
+
+    /// (instance, holder, expires_at, due_at) of every lease, in the database's clock, and
+    /// that clock now (for the API and tests).
+    pub fn leases(&self) -> Result<(i64, Vec<Lease>), StoreError> {
+        self.pg_only("leases")?;
+        let now = self
+            .query(&format!("SELECT {PG_NOW}"), &[])?
+            .first()
+            .map_or(0, |r| r[0].int());
+        let rows = self
+            .query(
+                "SELECT instance, holder, expires_at, due_at FROM leases ORDER BY instance",
+                &[],
+            )?
+            .into_iter()
+            .map(|r| (r[0].text(), r[1].text(), r[2].int(), r[3].int()))
+            .collect();
+        Ok((now, rows))
+    }
+
+    fn pg_only(&self, what: &str) -> Result<(), StoreError> {
+        if self.kind == "postgresql" {
+            Ok(())
+        } else {
+            Err(StoreError::Url(format!(
+                "{what} need PostgreSQL (SQLite is one process)"
+            )))
+        }
+    }
+
+    /// Every instance's latest result (of those with any).
+    pub fn latest_results(&self) -> Result<Vec<ResultRow>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT r.seq, r.instance, r.at, r.status, r.ear, r.error FROM results r \
+                 JOIN (SELECT instance, MAX(seq) AS seq FROM results GROUP BY instance) m \
+                 ON r.instance = m.instance AND r.seq = m.seq",
+                &[],
+            )?
+            .into_iter()
+            .map(|r| ResultRow {
+                seq: r[0].int(),
+                instance: r[1].text(),
+                at: r[2].int(),
+                status: r[3].text(),
+                ear: r[4].opt_text(),
+                error: r[5].opt_text(),
+            })
+            .collect())
+    }
+
+    /// The TPM counters of an AK's last quote: (reset count, restart count, clock).
+    pub fn tpm_clock(&self, ak_name: &str) -> Result<Option<(u64, u64, u64)>, StoreError> {
+        let u = |v: &Val| u64::try_from(v.int()).unwrap_or(0);
+        Ok(self
+            .query(
+                "SELECT reset_count, restart_count, clock FROM tpm_clocks WHERE ak_name = $1",
+                &[Param::Text(ak_name)],
+            )?
+            .first()
+            .map(|r| (u(&r[0]), u(&r[1]), u(&r[2]))))
     }
 
     /// An instance's results, newest first: at most `limit`, with `seq` below `before` if given.
@@ -460,6 +693,79 @@ impl Store {
             .map(|r| (r[0].text(), r[1].text()))
             .collect())
     }
+}
+
+fn sqlite_execute(
+    c: &rusqlite::Connection,
+    sql: &str,
+    params: &[Param<'_>],
+) -> Result<u64, StoreError> {
+    let sql = sql.replace('$', "?");
+    let p = sqlite_params(params);
+    let refs: Vec<&dyn rusqlite::ToSql> = p.iter().map(|v| v as _).collect();
+    Ok(c.execute(&sql, refs.as_slice())? as u64)
+}
+
+fn sqlite_query(
+    c: &rusqlite::Connection,
+    sql: &str,
+    params: &[Param<'_>],
+) -> Result<Vec<Vec<Val>>, StoreError> {
+    let sql = sql.replace('$', "?");
+    let p = sqlite_params(params);
+    let refs: Vec<&dyn rusqlite::ToSql> = p.iter().map(|v| v as _).collect();
+    let mut stmt = c.prepare(&sql)?;
+    let n = stmt.column_count();
+    let rows = stmt.query_map(refs.as_slice(), |row| {
+        (0..n)
+            .map(|i| {
+                Ok(match row.get_ref(i)? {
+                    rusqlite::types::ValueRef::Integer(v) => Val::Int(v),
+                    rusqlite::types::ValueRef::Text(t) => {
+                        Val::Text(String::from_utf8_lossy(t).into_owned())
+                    }
+                    _ => Val::Null,
+                })
+            })
+            .collect::<Result<Vec<Val>, rusqlite::Error>>()
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn pg_execute(
+    c: &mut impl postgres::GenericClient,
+    sql: &str,
+    params: &[Param<'_>],
+) -> Result<u64, StoreError> {
+    let p = pg_params(params);
+    let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = p.iter().map(|v| v.as_ref()).collect();
+    Ok(c.execute(sql, &refs)?)
+}
+
+fn pg_query(
+    c: &mut impl postgres::GenericClient,
+    sql: &str,
+    params: &[Param<'_>],
+) -> Result<Vec<Vec<Val>>, StoreError> {
+    let p = pg_params(params);
+    let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = p.iter().map(|v| v.as_ref()).collect();
+    let rows = c.query(sql, &refs)?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| {
+                    if let Ok(Some(v)) = row.try_get::<_, Option<i64>>(i) {
+                        Val::Int(v)
+                    } else if let Ok(Some(v)) = row.try_get::<_, Option<String>>(i) {
+                        Val::Text(v)
+                    } else {
+                        Val::Null
+                    }
+                })
+                .collect()
+        })
+        .collect())
 }
 
 fn sqlite_params(params: &[Param<'_>]) -> Vec<rusqlite::types::Value> {
@@ -581,6 +887,27 @@ mod tests {
         s.put_tpm_clock("ak", 1, 2, 3).unwrap();
         s.put_tpm_clock("ak", 1, 2, 4).unwrap();
         assert_eq!(s.tpm_clocks().unwrap(), [("ak".into(), 1, 2, 4)]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_sqlite_database_is_opened_by_one_store_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("tuk-store-one-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let loc = format!("sqlite:{}", dir.join("v.db").display());
+        let first = Store::open(&loc).unwrap();
+        let err = Store::open(&loc).err().expect("a second store on the file");
+        assert!(
+            err.to_string()
+                .contains("another process uses the SQLite database"),
+            "{err}"
+        );
+        // The first keeps working; once it closes, the file opens again.
+        assert_eq!(first.add_result(&row("a", 1, "affirming")).unwrap(), 1);
+        drop(first);
+        let again = Store::open(&loc).unwrap();
+        assert_eq!(again.results("a", 10, None).unwrap().len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -157,6 +157,30 @@ fn read_xen(base: u32, max_leaf: u32, cpuid: &mut impl FnMut(u32, u32) -> [u32; 
     }
 }
 
+/// The instruction that enters Xen directly (no hypercall page, so the guest's code stays
+/// immutable): `vmcall` on Intel VT-x, `vmmcall` on AMD SVM (AMD and Hygon). Xen emulates the
+/// other one, but only after a fault and an instruction decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HypercallInsn {
+    Vmcall,
+    Vmmcall,
+}
+
+impl HypercallInsn {
+    /// From CPUID leaf 0 (`[eax, ebx, ecx, edx]`; the vendor string is EBX, EDX, ECX).
+    /// Unknown vendors get `vmcall`.
+    pub fn from_leaf0(regs: [u32; 4]) -> Self {
+        let mut vendor = [0u8; 12];
+        vendor[0..4].copy_from_slice(&regs[1].to_le_bytes());
+        vendor[4..8].copy_from_slice(&regs[3].to_le_bytes());
+        vendor[8..12].copy_from_slice(&regs[2].to_le_bytes());
+        match &vendor {
+            b"AuthenticAMD" | b"HygonGenuine" => Self::Vmmcall,
+            _ => Self::Vmcall,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +262,38 @@ mod tests {
         assert_eq!(with(*b"SomethingNew", true).name(), "unknown");
         // Xen's signature counts even without the hypervisor bit.
         assert!(with(XEN_SIGNATURE, false).is_xen());
+    }
+
+    #[test]
+    fn hypercall_instruction_follows_the_cpu_vendor() {
+        let leaf0 = |v: &[u8; 12]| {
+            let w = |i: usize| u32::from_le_bytes([v[i], v[i + 1], v[i + 2], v[i + 3]]);
+            [0x10, w(0), w(8), w(4)]
+        };
+        assert_eq!(
+            HypercallInsn::from_leaf0(leaf0(b"AuthenticAMD")),
+            HypercallInsn::Vmmcall
+        );
+        assert_eq!(
+            HypercallInsn::from_leaf0(leaf0(b"HygonGenuine")),
+            HypercallInsn::Vmmcall
+        );
+        assert_eq!(
+            HypercallInsn::from_leaf0(leaf0(b"GenuineIntel")),
+            HypercallInsn::Vmcall
+        );
+        assert_eq!(
+            HypercallInsn::from_leaf0(leaf0(b"SomethingNew")),
+            HypercallInsn::Vmcall
+        );
+        // The registers in EBX, ECX, EDX order would spell "AuthcAMDenti": not AMD.
+        let wrong_order = {
+            let r = leaf0(b"AuthenticAMD");
+            [r[0], r[1], r[3], r[2]]
+        };
+        assert_eq!(
+            HypercallInsn::from_leaf0(wrong_order),
+            HypercallInsn::Vmcall
+        );
     }
 }

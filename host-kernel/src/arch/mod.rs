@@ -21,5 +21,7 @@ pub use self::x86_64::{
     },
     parse_boot_info, port,
     time::{now_us, set_wall_clock, tsc_khz, wall_clock_ns},
-    xen::{detect as detect_hypervisor, hypervisor, Hypervisor},
+    xen::{
+        debug_write as xen_debug_write, detect as detect_hypervisor, hypervisor, on_xen, Hypervisor,
+    },
 };

@@ -64,17 +64,30 @@ impl Console for Uart16550 {
 
 static CONSOLE: Mutex<Uart16550> = Mutex::new(Uart16550::new(COM1));
 
+/// Sets up the UART; on Xen (detected before this) the console is Xen's debug port instead.
 pub fn init() {
-    CONSOLE.lock().init();
+    if crate::arch::on_xen() {
+        crate::arch::xen_debug_write(b"tuk: on Xen: console on the debug port 0xe9\n");
+    } else {
+        CONSOLE.lock().init();
+    }
 }
 
 /// Writes to the console (takes its lock).
 pub fn write_str(s: &str) {
-    CONSOLE.lock().write_bytes(s.as_bytes());
+    let mut console = CONSOLE.lock();
+    if crate::arch::on_xen() {
+        crate::arch::xen_debug_write(s.as_bytes());
+    } else {
+        console.write_bytes(s.as_bytes());
+    }
 }
 
-/// Reads one pending input byte, if any.
+/// Reads one pending input byte, if any (none on Xen until the console ring exists).
 pub fn read_byte() -> Option<u8> {
+    if crate::arch::on_xen() {
+        return None;
+    }
     CONSOLE.lock().read_byte()
 }
 
@@ -83,7 +96,11 @@ pub struct EmergencyWriter;
 
 impl core::fmt::Write for EmergencyWriter {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        Uart16550::new(COM1).write_bytes(s.as_bytes());
+        if crate::arch::on_xen() {
+            crate::arch::xen_debug_write(s.as_bytes());
+        } else {
+            Uart16550::new(COM1).write_bytes(s.as_bytes());
+        }
         Ok(())
     }
 }

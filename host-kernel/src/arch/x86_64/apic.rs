@@ -74,14 +74,20 @@ fn ioapic_write(index: u32, value: u32) {
 }
 
 pub fn init() {
-    // Mask both 8259 PICs: all device interrupts go through the I/O APIC.
-    outb(0x21, 0xff);
-    outb(0xa1, 0xff);
+    // A Xen PVH domU has neither 8259 PICs nor an I/O APIC (only the local APIC).
+    let legacy = !super::xen::on_xen();
+    if legacy {
+        // Mask both 8259 PICs: all device interrupts go through the I/O APIC.
+        outb(0x21, 0xff);
+        outb(0xa1, 0xff);
+    }
 
     // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU.
     let base = unsafe { rdmsr(IA32_APIC_BASE) } & 0xffff_f000;
     map_mmio(base, 4096);
-    map_mmio(IOAPIC_BASE, 4096);
+    if legacy {
+        map_mmio(IOAPIC_BASE, 4096);
+    }
     LAPIC.store(base, Ordering::Relaxed);
     lapic_write(LAPIC_TPR, 0);
     lapic_write(LAPIC_SVR, 0x100 | u32::from(SPURIOUS_VECTOR)); // software enable
@@ -93,7 +99,11 @@ pub fn init() {
 }
 
 /// Routes I/O APIC input `gsi` (edge-triggered, active high) to `irq`'s vector on CPU 0.
+/// No-op on Xen (no I/O APIC; Xen devices signal through event channels).
 pub fn route(gsi: u8, irq: Irq) {
+    if super::xen::on_xen() {
+        return;
+    }
     let index = 0x10 + 2 * u32::from(gsi);
     ioapic_write(index + 1, 0); // destination: APIC ID 0
     ioapic_write(index, u32::from(IRQ_BASE + irq as u8));

@@ -35,6 +35,9 @@ global_asm!(
 pvh_start32:
     cld
     mov esi, ebx                    /* keep hvm_start_info */
+    /* The PVH ABI leaves ESP undefined (Xen enters with 0; QEMU happens to pass a usable one):
+       the far return below pushes, so take the boot stack (identity-mapped, below 4 GiB) now. */
+    lea esp, [boot_stack_top]
     rdtsc
     mov [BOOT_TSC], eax
     mov [BOOT_TSC + 4], edx

@@ -16,8 +16,18 @@ pub enum ExitCode {
     IntegrityHalt = 0x20,
 }
 
-/// Leaves the VM. Without an `isa-debug-exit` device (e.g. on Xen) the CPU halts forever.
+/// Leaves the VM. On Xen: `SCHEDOP_shutdown` with tuk's exit status (the one QEMU would
+/// exit with) on the debug port (`xen::shutdown`). On QEMU without an `isa-debug-exit` device
+/// the CPU halts forever.
 pub fn exit_qemu(code: ExitCode) -> ! {
+    if super::xen::on_xen() {
+        let what = match code {
+            ExitCode::Clean => "clean",
+            ExitCode::Fault => "fault",
+            ExitCode::IntegrityHalt => "integrity halt",
+        };
+        super::xen::shutdown(((code as u8) << 1) | 1, what, code == ExitCode::Clean);
+    }
     outb(0xf4, code as u8);
     loop {
         disable_interrupts();

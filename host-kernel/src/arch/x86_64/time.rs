@@ -25,28 +25,64 @@ fn pit_read() -> u16 {
     u16::from_le_bytes([lo, hi])
 }
 
-/// Calibrates the TSC and returns its frequency in kHz.
-pub fn calibrate() -> u64 {
-    // Channel 0, lobyte/hibyte, mode 2 (rate generator), reload 0xffff.
-    outb(PIT_CMD, 0x34);
-    outb(PIT_CH0, 0xff);
-    outb(PIT_CH0, 0xff);
+/// At most this many calibration windows when the host keeps preempting the vCPU.
+const CALIBRATION_TRIES: u32 = 8;
+
+/// One ~10 ms window: TSC cycles, PIT ticks counted, and the longest TSC gap between two
+/// consecutive PIT reads.
+fn calibration_window() -> (u64, u64, u64) {
     let target = PIT_HZ / 100; // 10 ms
     let mut last = pit_read();
     let mut elapsed: u64 = 0;
     let start = rdtsc();
+    let mut prev = start;
+    let mut longest: u64 = 0;
     while elapsed < target {
         let now = pit_read();
+        let t = rdtsc();
+        longest = longest.max(t - prev);
+        prev = t;
         // Counting down; a reload makes `now` larger than `last`.
         elapsed += u64::from(last.wrapping_sub(now));
         last = now;
     }
-    let cycles = rdtsc() - start;
+    (rdtsc() - start, elapsed, longest)
+}
+
+/// Calibrates the TSC and returns its frequency in kHz. On Xen the frequency is Xen's time
+/// leaf's (a PVH domU has no PIT).
+///
+/// Under TCG the vCPU is a host thread: if the host deschedules it for longer than one PIT
+/// period (55 ms) between two reads, whole periods are lost, the PIT count is too small and
+/// the frequency too high, so the guest's clock would run slow for its whole life (seen on a
+/// loaded 2-core host: uptime advanced 97 ms over 250 ms). A window in which one gap between
+/// reads took more than a quarter of the window's cycles was interrupted by the host; it is
+/// measured again, up to [`CALIBRATION_TRIES`] times. A lost period can only make the estimate
+/// too high, so if every window was interrupted the lowest estimate is kept.
+pub fn calibrate() -> u64 {
+    if let Some(khz) = super::xen::tsc_khz() {
+        TSC_KHZ.store(khz, Ordering::Relaxed);
+        return khz;
+    }
+    // Channel 0, lobyte/hibyte, mode 2 (rate generator), reload 0xffff.
+    outb(PIT_CMD, 0x34);
+    outb(PIT_CH0, 0xff);
+    outb(PIT_CH0, 0xff);
+    let mut khz = u64::MAX;
+    for _ in 0..CALIBRATION_TRIES {
+        let (cycles, elapsed, longest) = calibration_window();
+        let estimate =
+            (u128::from(cycles) * u128::from(PIT_HZ) / (u128::from(elapsed) * 1000)) as u64;
+        khz = khz.min(estimate);
+        if longest.saturating_mul(4) < cycles {
+            khz = estimate;
+            break;
+        }
+    }
     // Stop the PIT: mode 0 with a count of 1 fires once (masked) and then stays idle.
     outb(PIT_CMD, 0x30);
     outb(PIT_CH0, 1);
     outb(PIT_CH0, 0);
-    let khz = (u128::from(cycles) * u128::from(PIT_HZ) / (u128::from(elapsed) * 1000)) as u64;
     let khz = khz.max(1);
     TSC_KHZ.store(khz, Ordering::Relaxed);
     khz
