@@ -101,6 +101,11 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
         }
     }
 
+    if hypervisor.is_xen() {
+        // shared_info, the event upcall and the console ring (docs/xen.md).
+        drivers::xen::init_early();
+    }
+
     let cmdline = String::from(cmdline);
     let (config, warnings) = Config::parse(&cmdline);
     logger::init(config.log_level);
@@ -132,6 +137,7 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
         ),
         h => log::info!("platform: hypervisor {}", h.name()),
     }
+    let xenstore = hypervisor.is_xen() && drivers::xen::init_store();
     let wx = arch::audit_wx();
     if wx.writable_executable_pages != 0 {
         fail!(
@@ -146,11 +152,19 @@ extern "C" fn kernel_entry(start_info: u32) -> ! {
     );
 
     if hypervisor.is_xen() {
-        // Until netfront exists (docs/xen.md, next steps) there is nothing to serve on: say so.
+        // Until netfront exists (docs/xen.md, next steps) there is nothing to serve on: say
+        // so, then wait for the toolstack's `xl shutdown` (or stop at once without XenStore).
+        if !xenstore {
+            logger::console_line(format_args!(
+                "tuk: no network device on Xen yet (netfront not built, issue 13); stopping"
+            ));
+            arch::exit_qemu(ExitCode::Fault);
+        }
         logger::console_line(format_args!(
-            "tuk: no network device on Xen yet (netfront not built, issue 13); stopping"
+            "tuk: no network device on Xen yet (netfront not built, issue 13); waiting for \
+             control/shutdown (xl shutdown)"
         ));
-        arch::exit_qemu(ExitCode::Fault);
+        wait_for_xen_shutdown();
     }
     let slots = slots_from_cmdline(&cmdline);
     let device = match NetDevice::probe(&slots) {
@@ -277,8 +291,19 @@ fn run(stack: &mut Stack, servers: &mut [HttpServer; 2], router: &mut Router) ->
         if irqs.contains(Irq::Net) {
             stack.device.ack_interrupt();
         }
-        if shutdown_at.is_none() && console.poll() == Some(Command::Shutdown) {
-            log::info!("shutdown requested on the console");
+        if irqs.contains(Irq::Xen) {
+            drivers::xen::poll();
+        }
+        let xen_shutdown = drivers::xen::shutdown_requested();
+        if let Some(what) = &xen_shutdown {
+            log::info!("shutdown requested by the toolstack (control/shutdown = {what})");
+        }
+        if shutdown_at.is_none()
+            && (xen_shutdown.is_some() || console.poll() == Some(Command::Shutdown))
+        {
+            if xen_shutdown.is_none() {
+                log::info!("shutdown requested on the console");
+            }
             for server in servers.iter_mut() {
                 server.begin_shutdown(&mut stack.sockets);
             }
@@ -343,6 +368,28 @@ fn run(stack: &mut Stack, servers: &mut [HttpServer; 2], router: &mut Router) ->
             continue;
         }
         arch::arm_timer(sleep);
+        arch::halt_until_interrupt();
+    }
+}
+
+/// On Xen without a NIC: idles until `control/shutdown` says poweroff (or halt, reboot), then
+/// leaves cleanly (exit code 33 in `data/tuk-exit`, `SCHEDOP_shutdown` poweroff).
+fn wait_for_xen_shutdown() -> ! {
+    loop {
+        if arch::take_pending().contains(Irq::Xen) {
+            drivers::xen::poll();
+        }
+        if let Some(what) = drivers::xen::shutdown_requested() {
+            log::info!("shutdown requested by the toolstack (control/shutdown = {what})");
+            logger::console_line(format_args!("tuk: shutdown clean"));
+            arch::exit_qemu(ExitCode::Clean);
+        }
+        arch::disable_interrupts();
+        if arch::has_pending() {
+            arch::enable_interrupts();
+            continue;
+        }
+        arch::arm_timer(MAX_SLEEP_US);
         arch::halt_until_interrupt();
     }
 }

@@ -552,6 +552,39 @@ fn dashboard_shows_a_tampered_instance_turn_contraindicated() {
         timeline.contains("affirming") && timeline.contains("contraindicated"),
         "{timeline}"
     );
+    // The event log of the latest attestation as tables: the kernel's (PCR 4), the policy's
+    // (PCR 5) and the components' (PCR 9) records, and each PCR's replayed value as the API
+    // gives it.
+    browser.wait_for(
+        "the event log tables with PCR 4, 5 and 9 rows",
+        "(() => { const pcrs = [...document.querySelectorAll('#pcrs-table tbody tr')] \
+         .map((r) => r.dataset.pcr); const recs = new Set([...document.querySelectorAll( \
+         '#eventlog-table tbody tr')].map((r) => r.dataset.pcr)); \
+         return ['4', '5', '9'].every((p) => pcrs.includes(p) && recs.has(p)); })()",
+        &json!(true),
+        Duration::from_secs(10),
+    );
+    let mut r = agent
+        .get(&format!("{base}/v1/instances/a/eventlog"))
+        .header("Authorization", &format!("Bearer {admin}"))
+        .call()
+        .unwrap();
+    let text = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status().as_u16(), 200, "eventlog: {text}");
+    let log: Value = serde_json::from_str(&text).unwrap();
+    for pcr in ["4", "5", "9"] {
+        let want = log["pcrs"][pcr].as_str().unwrap_or_default().to_owned();
+        assert_eq!(want.len(), 64, "PCR {pcr} in {text}");
+        let shown = browser.eval(&format!(
+            "(document.querySelector('#pcrs-table tbody tr[data-pcr=\"{pcr}\"] td') || {{}}).textContent"
+        ));
+        // The page may have moved on to a newer result; the kernel's and the policy's PCRs
+        // do not change between quotes, the components' may only with a re-instantiation.
+        if pcr != "9" {
+            assert_eq!(shown, json!(want), "PCR {pcr}");
+        }
+    }
+    assert!(log["replay_error"].is_null(), "{text}");
     // Let a few polls run on this page too, then: no error in the browser at any point.
     std::thread::sleep(Duration::from_millis(2500));
     browser.eval("true");

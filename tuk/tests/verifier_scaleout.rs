@@ -70,15 +70,38 @@ fn get(url: &str) -> Value {
     json_of(None, "GET", url, None, 200)
 }
 
-/// A webhook receiver: every POST body it got.
-fn webhook_receiver() -> (tuk_httpd::Running, Arc<Mutex<Vec<Value>>>) {
+/// One POST a webhook receiver got: when it arrived, its `Idempotency-Key` header, its body.
+#[derive(Clone, Debug)]
+struct Receipt {
+    at: Instant,
+    key: String,
+    body: Value,
+}
+
+/// A webhook receiver: every POST it got (recorded on arrival). While `hold` is set it answers
+/// nothing (each request waits, up to 60 s), so deliveries stay in flight.
+fn webhook_receiver(
+    hold: Arc<std::sync::atomic::AtomicBool>,
+) -> (tuk_httpd::Running, Arc<Mutex<Vec<Receipt>>>) {
     let got = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&got);
     let running = tuk_httpd::Server::bind("127.0.0.1:0".parse().unwrap())
         .unwrap()
         .spawn(Arc::new(move |req: &tuk_httpd::Request| {
-            if let Ok(v) = serde_json::from_slice::<Value>(&req.body) {
-                sink.lock().unwrap().push(v);
+            if let Ok(body) = serde_json::from_slice::<Value>(&req.body) {
+                let key = req
+                    .header("idempotency-key")
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default();
+                sink.lock().unwrap().push(Receipt {
+                    at: Instant::now(),
+                    key,
+                    body,
+                });
+            }
+            let until = Instant::now() + Duration::from_secs(60);
+            while hold.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < until {
+                thread::sleep(Duration::from_millis(10));
             }
             tuk_httpd::Response::new(204)
         }))
@@ -183,7 +206,11 @@ fn two_verifiers_share_a_fleet_and_survive_sigkill() {
     let (b1, b2) = (v1.url(), v2.url());
     let (t1, t2) = (verifier::admin_token(&s1), verifier::admin_token(&s2));
 
-    let (hooks, got) = webhook_receiver();
+    // The receiver holds every delivery until verifier 1 is killed: the pending → affirming
+    // notifications are committed (in the outbox) and in flight, one claimed by each process
+    // (a hook's delivery thread claims one at a time).
+    let hold = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (hooks, got) = webhook_receiver(Arc::clone(&hold));
     json_of(
         Some(&t1),
         "POST",
@@ -254,27 +281,35 @@ fn two_verifiers_share_a_fleet_and_survive_sigkill() {
     );
 
     // Kill one verifier while it holds a lease (mid-attestation; SIGKILL: no clean-up, its
-    // leases just stop being renewed), and see the database still name it as the holder.
+    // leases just stop being renewed) and a webhook notification it is delivering, and see the
+    // database still name it as the holder of both.
     let n1 = attestations_done(&b1);
     let holder1 = v1.ready["lease_holder"].as_str().unwrap().to_owned();
     let held = format!("SELECT instance FROM leases WHERE holder = '{holder1}'");
-    let (orphan, _) = poll::until(
-        "verifier 1 holding a lease",
+    let delivering =
+        format!("SELECT instance || ':' || seq FROM outbox WHERE holder = '{holder1}'");
+    let ((orphan, in_flight), _) = poll::until(
+        "verifier 1 holding a lease and delivering a notification",
         Duration::from_secs(30),
         Duration::from_millis(1),
         || {
+            let in_flight = pg.psql(&delivering);
+            if in_flight.is_empty() {
+                return Err("no notification claimed".to_owned());
+            }
             let rows = pg.psql(&held);
             if rows.is_empty() {
-                Err("none".to_owned())
+                Err("no lease".to_owned())
             } else {
-                Ok(rows)
+                Ok((rows, in_flight))
             }
         },
     );
     let killed_at = Instant::now();
     drop(v1);
+    hold.store(false, std::sync::atomic::Ordering::SeqCst);
     let orphan: Vec<String> = orphan.lines().map(str::to_owned).collect();
-    eprintln!("killed verifier 1 while it held the lease of {orphan:?}");
+    eprintln!("killed verifier 1 while it held the lease of {orphan:?} and delivered {in_flight}");
     // Every instance keeps fresh results from the survivor.
     let ttl_ms = 3 * INTERVAL_MS;
     let bound_ms = i64::try_from(INTERVAL_MS + ttl_ms + 4000).unwrap();
@@ -295,6 +330,22 @@ fn two_verifiers_share_a_fleet_and_survive_sigkill() {
         thread::sleep(Duration::from_millis(200));
     }
     eprintln!("after the kill: the latest result was at most {worst} ms old (bound {bound_ms})");
+    // Its notification is delivered by the survivor once its claim expires (--timeout 10 s +
+    // 5 s), with the same idempotency key.
+    let (redelivered, _) = poll::until(
+        "the survivor delivering the dead process's notification",
+        Duration::from_secs(40),
+        Duration::from_millis(100),
+        || {
+            got.lock()
+                .unwrap()
+                .iter()
+                .find(|r| r.key == in_flight && r.at > killed_at)
+                .map(|r| r.at.duration_since(killed_at))
+                .ok_or_else(|| format!("no receipt of {in_flight} since the kill"))
+        },
+    );
+    eprintln!("the dead process's notification {in_flight} arrived {redelivered:?} after the kill");
     // The dead process's leases were taken over (the survivor attested since).
     assert_eq!(pg.psql(&held), "", "verifier 1 still holds leases");
     let before = attestations_done(&b2);
@@ -375,12 +426,26 @@ fn two_verifiers_share_a_fleet_and_survive_sigkill() {
             .any(|(id, _, s, _)| id == "b" && s == "contraindicated"),
         "{changes:?}"
     );
-    // Exactly one webhook event per change, no more (waiting for deliveries in flight).
-    let events = |got: &Mutex<Vec<Value>>| {
-        let mut e: Vec<(String, String, String, i64)> = got
-            .lock()
-            .unwrap()
-            .iter()
+    // One webhook event per change (at least once: a notification in flight when its process
+    // died arrives again, with the same key and body; waiting for deliveries in flight).
+    let events = |got: &Mutex<Vec<Receipt>>| {
+        let mut by_key: BTreeMap<String, Value> = BTreeMap::new();
+        for r in got.lock().unwrap().iter() {
+            let e = &r.body;
+            let key = format!(
+                "{}:{}",
+                e["instance"].as_str().unwrap_or_default(),
+                e["seq"]
+            );
+            assert_eq!(r.key, key, "the Idempotency-Key header: {e}");
+            assert_eq!(e["idempotency_key"], key, "{e}");
+            if let Some(first) = by_key.get(&key) {
+                assert_eq!(first, e, "two different notifications with the key {key}");
+            }
+            by_key.insert(key, e.clone());
+        }
+        let mut e: Vec<(String, String, String, i64)> = by_key
+            .values()
             .map(|e| {
                 (
                     e["instance"].as_str().unwrap_or_default().to_owned(),
@@ -406,6 +471,20 @@ fn two_verifiers_share_a_fleet_and_survive_sigkill() {
         .filter(|(id, _, _, seq)| *seq <= last_seq[id.as_str()])
         .collect();
     assert_eq!(heard, changes, "one webhook per status change");
+    let distinct = events(&got).len();
+    let receipts = got.lock().unwrap().len();
+    let duplicates = receipts - distinct;
+    eprintln!("webhook receipts: {duplicates} repeated (same key and body)");
+    // Everything delivered: the outbox empties.
+    poll::until(
+        "an empty outbox",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || match pg.psql("SELECT COUNT(*) FROM outbox").as_str() {
+            "0" => Ok(()),
+            n => Err(format!("{n} notifications left")),
+        },
+    );
 
     v2.stop();
     hooks.stop();
@@ -443,4 +522,242 @@ fn a_second_process_on_one_sqlite_database_is_refused() {
     let again = verifier::serve::<&str>(TUK, &state, INTERVAL_MS, &[]);
     again.stop();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn instance_row(id: &str) -> tuk_verifier::store::InstanceRow {
+    tuk_verifier::store::InstanceRow {
+        id: id.into(),
+        url: format!("http://127.0.0.1:1/{id}"),
+        registered_at: 0,
+        identity: "{}".into(),
+        service_url: None,
+        ak_name: format!("ak-{id}"),
+        monitor_url: None,
+    }
+}
+
+/// The lease claim alone, against the real PostgreSQL, from the attacker's side of a race:
+/// four holders (each its own connection, as separate processes have) claim as fast as they
+/// can, in parallel, with a lease that outlasts the test. Each instance must be claimed by
+/// exactly one holder, once: a claim filter that let a held, unexpired lease be claimed again
+/// (or a missing `SKIP LOCKED`/row lock) gives some instance twice. Then: a lease is not
+/// claimable before it expires or before it is due, is claimable after it expired, and a
+/// result stored by a process that no longer holds the lease is refused.
+#[test]
+fn a_lease_is_never_held_by_two_holders() {
+    use tuk_verifier::store::{ResultRow, Store, Stored};
+    let pg = Postgres::start("leases");
+    let db = pg.url();
+    let setup = Store::open(&db).unwrap();
+    let ids: Vec<String> = (0..40).map(|i| format!("i{i:02}")).collect();
+    for id in &ids {
+        setup.put_instance(&instance_row(id)).unwrap();
+    }
+    let claims: Vec<(String, Vec<String>)> = thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|h| {
+                let db = db.clone();
+                s.spawn(move || {
+                    let store = Store::open(&db).unwrap();
+                    let me = format!("holder-{h}");
+                    let mut mine = Vec::new();
+                    let until = Instant::now() + Duration::from_secs(3);
+                    while Instant::now() < until {
+                        mine.extend(store.claim_due(&me, 600_000, 3).unwrap());
+                    }
+                    (me, mine)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let mut by_instance: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (holder, mine) in &claims {
+        for id in mine {
+            by_instance.entry(id).or_default().push(holder);
+        }
+    }
+    let twice: Vec<_> = by_instance.iter().filter(|(_, h)| h.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} instances claimed more than once, e.g. {:?}",
+        twice.len(),
+        twice
+            .iter()
+            .take(3)
+            .map(|(id, h)| (id, h.len()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        by_instance.keys().copied().collect::<Vec<_>>(),
+        ids.iter().map(String::as_str).collect::<Vec<_>>(),
+        "every instance claimed"
+    );
+    let per_holder: Vec<usize> = claims.iter().map(|(_, m)| m.len()).collect();
+    eprintln!("claims per holder: {per_holder:?}");
+    // The database agrees: each lease names the holder that claimed it.
+    let (_, leases) = setup.leases().unwrap();
+    for (id, holder, _, _) in &leases {
+        assert_eq!(by_instance[id.as_str()], [holder.as_str()], "{id}");
+    }
+
+    // Expiry and due time, one instance.
+    let a = Store::open(&db).unwrap();
+    let b = Store::open(&db).unwrap();
+    setup.put_instance(&instance_row("x")).unwrap();
+    assert_eq!(a.claim_due("a", 800, 100).unwrap(), ["x"]);
+    assert!(b.claim_due("b", 800, 100).unwrap().is_empty());
+    assert!(!b.claim_one("b", "x", 800).unwrap(), "claimed a held lease");
+    // `a` stalls past its lease: `b` takes the instance, and `a`'s late result is refused.
+    thread::sleep(Duration::from_millis(1000));
+    assert_eq!(b.claim_due("b", 60_000, 100).unwrap(), ["x"]);
+    let row = ResultRow {
+        seq: 0,
+        instance: "x".into(),
+        at: 1,
+        status: "affirming".into(),
+        ear: Some("jwt".into()),
+        error: None,
+    };
+    assert_eq!(
+        a.add_result_leased(&row, Some("a"), 0, 60_000, None)
+            .unwrap(),
+        Stored::LeaseLost { holder: "b".into() }
+    );
+    assert!(matches!(
+        b.add_result_leased(&row, Some("b"), 0, 60_000, None)
+            .unwrap(),
+        Stored::Added { seq: 1, .. }
+    ));
+    // Stored and released: due again in a minute, so nobody claims it now.
+    assert!(a.claim_due("a", 60_000, 100).unwrap().is_empty());
+    assert!(b.claim_due("b", 60_000, 100).unwrap().is_empty());
+    drop(pg);
+}
+
+/// The webhook outbox alone, against the real PostgreSQL: a status change stores one
+/// notification per hook in the result's transaction (none for an unchanged status); four
+/// processes claiming at once never get the same notification; a claim by a process that
+/// died expires and another process gets the notification, with the same idempotency key.
+#[test]
+fn an_outbox_notification_is_claimed_by_one_process_and_survives_its_death() {
+    use tuk_verifier::store::{ResultRow, Store, Stored};
+    let pg = Postgres::start("outbox");
+    let db = pg.url();
+    let setup = Store::open(&db).unwrap();
+    setup.add_webhook("h1", "http://hook-1/", 1).unwrap();
+    setup.add_webhook("h2", "http://hook-2/", 2).unwrap();
+    let body = |id: &str| {
+        let id = id.to_owned();
+        move |seq: i64, previous: &str| {
+            json!({"idempotency_key": format!("{id}:{seq}"), "previous": previous}).to_string()
+        }
+    };
+    let result = |id: &str, status: &str| ResultRow {
+        seq: 0,
+        instance: id.into(),
+        at: 1,
+        status: status.into(),
+        ear: None,
+        error: None,
+    };
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        let id = format!("i{i}");
+        let f = body(&id);
+        for (status, changes) in [("affirming", 2), ("affirming", 0), ("contraindicated", 2)] {
+            match setup
+                .add_result_leased(&result(&id, status), None, 0, 0, Some(&f))
+                .unwrap()
+            {
+                Stored::Added {
+                    seq, notifications, ..
+                } => {
+                    assert_eq!(notifications, changes, "{id} seq {seq} {status}");
+                    if changes > 0 {
+                        expected.push(format!("{id}:{seq}"));
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(setup.outbox().unwrap().len(), 2 * expected.len());
+    // Four processes claim hook h1's notifications at once, holding each claim.
+    let claimed: Vec<Vec<String>> = thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|h| {
+                let db = db.clone();
+                s.spawn(move || {
+                    let store = Store::open(&db).unwrap();
+                    let mut mine = Vec::new();
+                    let until = Instant::now() + Duration::from_secs(2);
+                    while Instant::now() < until {
+                        if let Some(n) = store
+                            .claim_notification("h1", &format!("p{h}"), 600_000)
+                            .unwrap()
+                        {
+                            let v: Value = serde_json::from_str(&n.body).unwrap();
+                            assert_eq!(v["idempotency_key"], format!("{}:{}", n.instance, n.seq));
+                            mine.push(format!("{}:{}", n.instance, n.seq));
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let mut all: Vec<String> = claimed.concat();
+    all.sort();
+    let mut want = expected.clone();
+    want.sort();
+    assert_eq!(all, want, "each notification claimed exactly once");
+    // Hook h2: a process claims one and dies (its connection closes) before delivering it.
+    let dying = Store::open(&db).unwrap();
+    let n = dying
+        .claim_notification("h2", "dying", 700)
+        .unwrap()
+        .unwrap();
+    drop(dying);
+    let survivor = Store::open(&db).unwrap();
+    let mut others = Vec::new();
+    while let Some(o) = survivor
+        .claim_notification("h2", "survivor", 600_000)
+        .unwrap()
+    {
+        assert_ne!(
+            (&o.instance, o.seq),
+            (&n.instance, n.seq),
+            "claimed while held"
+        );
+        others.push(o);
+    }
+    assert_eq!(others.len(), expected.len() - 1);
+    thread::sleep(Duration::from_millis(800));
+    let again = survivor
+        .claim_notification("h2", "survivor", 600_000)
+        .unwrap()
+        .expect("the dead process's notification, after its claim expired");
+    assert_eq!(
+        (again.instance.as_str(), again.seq),
+        (n.instance.as_str(), n.seq)
+    );
+    assert_eq!(again.body, n.body, "the same notification, the same key");
+    // Delivered: gone. A failed try: back, unclaimed, due later, its try counted.
+    survivor.notification_done(&again).unwrap();
+    survivor.notification_failed(&others[0], 60_000).unwrap();
+    let left = survivor.outbox().unwrap();
+    assert!(!left
+        .iter()
+        .any(|(h, i, s, _, _)| h == "h2" && *i == n.instance && *s == n.seq));
+    let retried = left
+        .iter()
+        .find(|(h, i, s, _, _)| h == "h2" && *i == others[0].instance && *s == others[0].seq)
+        .unwrap();
+    assert_eq!((retried.3.as_str(), retried.4), ("", 1));
+    // Deleting a hook deletes its notifications.
+    assert!(survivor.delete_webhook("h1").unwrap());
+    assert!(survivor.outbox().unwrap().iter().all(|(h, ..)| h == "h2"));
+    drop(pg);
 }

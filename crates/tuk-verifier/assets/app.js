@@ -223,6 +223,32 @@
     $("submods").replaceChildren(...(submods.length
       ? submods.map(([name, sm]) => submodCard(name, sm))
       : [el("p", null, "No appraisal yet.")]));
+    await renderEventlog(base);
+  }
+
+  function eventWhat(content) {
+    if (content === null || typeof content !== "object") return valueText(content);
+    const name = content.name || content.component || content.path || content.kind;
+    return name !== undefined ? String(name) : JSON.stringify(content).slice(0, 120);
+  }
+
+  async function renderEventlog(base) {
+    const log = await api(base + "/eventlog");
+    if (log.seq === null || log.seq === undefined) {
+      $("eventlog-note").textContent = "No event log yet (kept from the first attestation with evidence).";
+      $("pcrs-table").tBodies[0].replaceChildren();
+      $("eventlog-table").tBodies[0].replaceChildren();
+      return;
+    }
+    $("eventlog-note").textContent = "From result seq " + log.seq + " (" + time(log.at) + "), " +
+      (log.records || []).length + " records" + (log.replay_error ? "; replay failed: " + log.replay_error : "") + ".";
+    $("pcrs-table").tBodies[0].replaceChildren(...Object.entries(log.pcrs || {}).map(([pcr, v]) =>
+      el("tr", { "data-pcr": pcr }, el("th", { scope: "row", class: "num" }, pcr), el("td", { class: "mono" }, v))));
+    $("eventlog-table").tBodies[0].replaceChildren(...(log.records || []).map((r) =>
+      el("tr", { "data-pcr": String(r.pcr) }, el("th", { scope: "row", class: "num" }, String(r.recnum)),
+        el("td", { class: "num" }, String(r.pcr)), el("td", { class: "mono" }, r.content_type),
+        el("td", null, eventWhat(r.content)), el("td", { class: "mono", title: r.digest || "" }, short(r.digest || "")),
+        el("td", { class: "mono", title: r.pcr_after || "" }, short(r.pcr_after || "")))));
   }
 
   // ---- webhooks ----

@@ -183,6 +183,7 @@ fn route(v: &Verifier, req: &Request, caller: &Caller) -> Result<Response, Servi
             ok(200, &v.history(id, limit, int_param(req, "before")?)?)
         }
         ("POST", ["v1", "instances", id, "attest"]) => ok(200, &v.attest_now(id)?),
+        ("GET", ["v1", "instances", id, "eventlog"]) => ok(200, &v.eventlog(id)?),
         ("GET", ["v1", "audit"]) => {
             let limit = int_param(req, "limit")?.unwrap_or(100);
             ok(200, &v.audit_log(query_param(req, "instance"), limit)?)
@@ -219,7 +220,7 @@ fn route(v: &Verifier, req: &Request, caller: &Caller) -> Result<Response, Servi
         (_, ["healthz" | "metrics"])
         | (_, ["v1", "openapi.yaml" | "key" | "config" | "instances" | "webhooks" | "audit"])
         | (_, ["v1", "instances", _])
-        | (_, ["v1", "instances", _, "results" | "attest"])
+        | (_, ["v1", "instances", _, "results" | "attest" | "eventlog"])
         | (_, ["v1", "webhooks", _]) => {
             Response::error(405, &format!("{m} is not allowed on {}", req.path))
         }

@@ -17,8 +17,9 @@
 //!   a quote that goes back (a lower reset count, or the same reset count with a lower restart
 //!   count or a lower clock) is a rollback and the result contraindicated.
 //! - **Notifications**: when an instance's status changes, every webhook gets a POST
-//!   ([`webhook`]: public targets only by default, one delivery thread and a bounded queue
-//!   per hook, so a slow hook delays no attestation and no other hook).
+//!   ([`webhook`]: public targets only by default; the notification is stored in the outbox
+//!   with the result and delivered at least once by any process, with an idempotency key;
+//!   one delivery thread per hook, so a slow hook delays no attestation and no other hook).
 //! - **Access**: bearer tokens with a scope ([`auth`]); the API checks them ([`api`]).
 //! - **State** lives in the [`store::Store`] (SQLite file or PostgreSQL): a restarted
 //!   verifier reloads its instances (re-checking their stored identities), history and
@@ -26,7 +27,8 @@
 //! - **Scale-out** (PostgreSQL only; docs/verifier.md "Scaling out"): several processes on
 //!   one database share the fleet through per-instance leases ([`lease_ttl`]), claimed with
 //!   `FOR UPDATE SKIP LOCKED` and renewed while attesting; each result is stored (gap-free
-//!   `seq`) and its status change decided in one transaction, so one webhook fires per change;
+//!   `seq`) and its status change decided, and its notification queued, in one transaction,
+//!   so one notification exists per change and survives the process;
 //!   registrations reach every process through a change counter. SQLite is one process.
 #![forbid(unsafe_code)]
 
@@ -40,7 +42,7 @@ pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -57,6 +59,14 @@ use crate::ear::EarSigner;
 use crate::metrics::Metrics;
 use crate::store::{AuditRow, InstanceRow, ResultRow, Store, StoreError, Stored};
 use crate::webhook::Delivery;
+
+/// What an appraisal gives: (status, signed EAR, error, the event log it replayed).
+type Appraisal = (
+    String,
+    String,
+    Option<String>,
+    Option<Vec<tuk_measure::eventlog::Record>>,
+);
 
 /// Status of an instance with no result yet.
 pub const PENDING: &str = "pending";
@@ -131,22 +141,15 @@ struct Live {
     generation: u64,
 }
 
-/// A status change, for the webhooks.
-struct Change {
-    instance: String,
-    url: String,
-    previous: String,
-    result: ResultRow,
-}
-
 /// The service. Shared by the HTTP handlers and the attestation threads.
 pub struct Verifier {
     cfg: Config,
-    store: Store,
+    store: Arc<Store>,
     signer: EarSigner,
     metrics: Arc<Metrics>,
     instances: RwLock<BTreeMap<String, Live>>,
-    changes: Mutex<Sender<Change>>,
+    /// The webhook delivery threads, draining the store's outbox.
+    delivery: Delivery,
     started: Instant,
     /// The last quote's TPM counters per AK name (hex).
     clocks: Mutex<BTreeMap<String, TpmClock>>,
@@ -221,7 +224,6 @@ impl Verifier {
         store: Store,
         signer: EarSigner,
     ) -> Result<Arc<Verifier>, StoreError> {
-        let (tx, rx) = mpsc::channel();
         let metrics = Arc::new(Metrics::default());
         let mut instances = BTreeMap::new();
         for mut row in store.instances()? {
@@ -262,33 +264,39 @@ impl Verifier {
                 )
             })
             .collect();
-        let delivery = Delivery::new(cfg.webhook_allow_private, cfg.timeout, Arc::clone(&metrics));
+        let holder = format!(
+            "{}-{}-{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default(),
+            std::process::id(),
+            tuk_measure::hex(&tuk_attest::attester::random_bytes(4))
+        );
+        let delivery = Delivery::new(
+            cfg.webhook_allow_private,
+            cfg.timeout,
+            Arc::clone(&metrics),
+            holder.clone(),
+        );
         let shared = (store.kind() == "postgresql").then(|| Shared {
-            holder: format!(
-                "{}-{}-{}",
-                std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .map(|h| h.trim().to_owned())
-                    .unwrap_or_default(),
-                std::process::id(),
-                tuk_measure::hex(&tuk_attest::attester::random_bytes(4))
-            ),
+            holder,
             ttl_ms: i64::try_from(lease_ttl(cfg.interval).as_millis()).unwrap_or(i64::MAX),
             fleet_seen: std::sync::atomic::AtomicI64::new(store.fleet_version().unwrap_or(-1)),
         });
         let v = Arc::new(Verifier {
             cfg,
-            store,
+            store: Arc::new(store),
             signer,
             metrics,
             instances: RwLock::new(instances),
-            changes: Mutex::new(tx),
+            delivery,
             started: Instant::now(),
             clocks: Mutex::new(clocks),
             monitor_seqs: Mutex::default(),
             generations: std::sync::atomic::AtomicU64::new(1),
             shared,
         });
-        spawn_notifier(Arc::clone(&v), rx, delivery);
+        spawn_notifier(Arc::clone(&v));
         spawn_scheduler(Arc::clone(&v));
         Ok(v)
     }
@@ -563,6 +571,52 @@ impl Verifier {
         Ok(json!({"instance": id, "results": rows.iter().map(result_json).collect::<Vec<_>>()}))
     }
 
+    /// The event log of `id`'s latest attestation with evidence: every record with the value
+    /// of its PCR after it was extended, and each PCR's replayed value (what the appraisal
+    /// compared with the quote).
+    pub fn eventlog(&self, id: &str) -> Result<Value, ServiceError> {
+        if !self.read().contains_key(id) {
+            return Err(not_found(id));
+        }
+        let Some((seq, at, log)) = self.store.eventlog(id)? else {
+            // None yet: kept from the first attestation that got evidence.
+            return Ok(
+                json!({"instance": id, "seq": null, "at": null, "records": [],
+                             "pcrs": {}, "replay_error": null}),
+            );
+        };
+        let records: Vec<tuk_measure::eventlog::Record> = serde_json::from_str(&log)
+            .map_err(|e| ServiceError::Unavailable(format!("the stored event log: {e}")))?;
+        let mut pcrs: BTreeMap<u32, [u8; 32]> = BTreeMap::new();
+        let mut rows = Vec::new();
+        for r in &records {
+            let digest = r.sha256().ok();
+            let after = digest.map(|d| {
+                let pcr = pcrs.entry(r.pcr).or_insert([0u8; 32]);
+                *pcr = tuk_measure::eventlog::extend(pcr, &d);
+                tuk_measure::hex(pcr)
+            });
+            rows.push(json!({
+                "recnum": r.recnum,
+                "pcr": r.pcr,
+                "content_type": r.content_type,
+                "digest": digest.map(|d| tuk_measure::hex(&d)),
+                "content": r.content,
+                "pcr_after": after,
+            }));
+        }
+        let replay = tuk_measure::eventlog::replay(&records);
+        Ok(json!({
+            "instance": id,
+            "seq": seq,
+            "at": at,
+            "records": rows,
+            "pcrs": pcrs.iter().map(|(k, v)| (k.to_string(), Value::from(tuk_measure::hex(v))))
+                .collect::<serde_json::Map<String, Value>>(),
+            "replay_error": replay.err().map(|e| e.to_string()),
+        }))
+    }
+
     /// Attests `id` now (waits for it) and returns the stored result.
     pub fn attest_now(&self, id: &str) -> Result<Value, ServiceError> {
         {
@@ -646,6 +700,7 @@ impl Verifier {
             };
         };
         let started = Instant::now();
+        let mut eventlog = None;
         let outcome =
             catch_unwind(AssertUnwindSafe(|| self.appraise(id, &live))).unwrap_or_else(|panic| {
                 self.metrics.panic();
@@ -661,14 +716,17 @@ impl Verifier {
                 ))
             });
         let mut row = match outcome {
-            Ok((status, ear, error)) => ResultRow {
-                seq: 0,
-                instance: id.into(),
-                at: now_ms(),
-                status,
-                ear: Some(ear),
-                error,
-            },
+            Ok((status, ear, error, log)) => {
+                eventlog = log;
+                ResultRow {
+                    seq: 0,
+                    instance: id.into(),
+                    at: now_ms(),
+                    status,
+                    ear: Some(ear),
+                    error,
+                }
+            }
             Err(e) => ResultRow {
                 seq: 0,
                 instance: id.into(),
@@ -682,40 +740,80 @@ impl Verifier {
         let holder = self.shared.as_ref().map(|sh| sh.holder.as_str());
         let interval_ms = i64::try_from(self.interval_ms()).unwrap_or(i64::MAX);
         // Whether the status changed is decided in the storing transaction; None: not stored.
-        let stored_previous =
-            match self
-                .store
-                .add_result_leased(&row, holder, live.row.registered_at, interval_ms)
-            {
-                Ok(Stored::Added { seq, previous }) => {
-                    row.seq = seq;
-                    Some(previous)
+        // The webhook body of a status change; stored in the outbox with the result.
+        let notify = |seq: i64, previous: &str| {
+            json!({
+                "event": "status-changed",
+                "idempotency_key": format!("{id}:{seq}"),
+                "instance": id,
+                "url": live.row.url,
+                "previous": previous,
+                "status": row.status,
+                "seq": seq,
+                "at": row.at,
+                "error": row.error,
+                "ear": row.ear,
+            })
+            .to_string()
+        };
+        let stored = self.store.add_result_leased(
+            &row,
+            holder,
+            live.row.registered_at,
+            interval_ms,
+            Some(&notify),
+        );
+        match stored {
+            Ok(Stored::Added {
+                seq, notifications, ..
+            }) => {
+                row.seq = seq;
+                if let Some(log) = &eventlog {
+                    let stored = serde_json::to_string(log)
+                        .map_err(|e| e.to_string())
+                        .and_then(|log| {
+                            self.store
+                                .put_eventlog(id, seq, row.at, &log)
+                                .map_err(|e| e.to_string())
+                        });
+                    if let Err(e) = stored {
+                        self.metrics.store_error();
+                        eprintln!("tuk-verifier: cannot store the event log of {id}: {e}");
+                    }
                 }
-                Ok(Stored::LeaseLost { holder }) => {
-                    // This process was too slow: another took the instance over (its result
-                    // counts); this one is dropped.
-                    eprintln!(
-                        "tuk-verifier: the result for {id} is not stored: its lease passed to \
+                if notifications > 0 {
+                    // A hook added a moment ago gets its thread now, not at the next sync.
+                    if let Ok(hooks) = self.store.webhooks() {
+                        self.delivery.sync(&hooks, &self.store);
+                    }
+                    self.delivery.wake();
+                }
+            }
+            Ok(Stored::LeaseLost { holder }) => {
+                // This process was too slow: another took the instance over (its result
+                // counts); this one is dropped.
+                eprintln!(
+                    "tuk-verifier: the result for {id} is not stored: its lease passed to \
                      {holder} while this process attested"
-                    );
-                    if let Some(l) = self.write().get_mut(id) {
-                        if l.busy == Some(live.generation) {
-                            l.busy = None;
-                        }
+                );
+                if let Some(l) = self.write().get_mut(id) {
+                    if l.busy == Some(live.generation) {
+                        l.busy = None;
                     }
-                    return row;
                 }
-                Err(e) => {
-                    // Not stored: keep serving the fresh result, say so, and retry next interval.
-                    self.metrics.store_error();
-                    eprintln!("tuk-verifier: cannot store the result for {id}: {e}");
-                    if let Some(sh) = &self.shared {
-                        let _ = self.store.release_lease(&sh.holder, id, interval_ms);
-                    }
-                    None
+                return row;
+            }
+            Err(e) => {
+                // Not stored (nor its notification): keep serving the fresh result, say so,
+                // and retry next interval.
+                self.metrics.store_error();
+                eprintln!("tuk-verifier: cannot store the result for {id}: {e}");
+                if let Some(sh) = &self.shared {
+                    let _ = self.store.release_lease(&sh.holder, id, interval_ms);
                 }
-            };
-        let previous = {
+            }
+        }
+        {
             let mut map = self.write();
             let Some(l) = map.get_mut(id) else {
                 return row;
@@ -730,40 +828,22 @@ impl Verifier {
                 }
                 return row;
             }
-            let previous = stored_previous.unwrap_or_else(|| {
-                l.latest
-                    .as_ref()
-                    .map_or(PENDING.to_owned(), |r| r.status.clone())
-            });
             l.latest = Some(row.clone());
             l.busy = None;
             l.due = Instant::now() + self.cfg.interval;
-            previous
-        };
-        if previous != row.status {
-            let change = Change {
-                instance: id.into(),
-                url: live.row.url.clone(),
-                previous,
-                result: row.clone(),
-            };
-            let _ = self
-                .changes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .send(change);
         }
         row
     }
 
     /// Quote, appraisal, the TPM counters' check, signing: (status, signed EAR, error).
-    fn appraise(&self, id: &str, live: &Live) -> Result<(String, String, Option<String>), String> {
+    fn appraise(&self, id: &str, live: &Live) -> Result<Appraisal, String> {
         let identity = live.identity.as_ref().map_err(Clone::clone)?;
         let mut attester = HttpAttester::new(&live.row.url, self.cfg.timeout);
         let mut tap = monitor_report::EvidenceTap::new(&mut attester);
         let mut result =
             tuk_attest::quote(&mut tap, identity, &self.cfg.refs).map_err(|e| e.to_string())?;
         let evidence = tap.evidence.take();
+        let eventlog = evidence.as_ref().map(|e| e.eventlog.clone());
         self.check_monitor(id, live, evidence.as_ref(), &mut result);
         let rollback = self.check_tpm_clock(&live.row.ak_name, &mut result);
         let mut claims = result.to_ear();
@@ -790,6 +870,7 @@ impl Verifier {
             result.status().as_str().to_owned(),
             self.signer.sign(&claims),
             error,
+            eventlog,
         ))
     }
 
@@ -1151,32 +1232,17 @@ fn spawn_scheduler(v: Arc<Verifier>) {
         });
 }
 
-fn spawn_notifier(v: Arc<Verifier>, rx: Receiver<Change>, delivery: Delivery) {
+/// Keeps the webhook delivery threads matching the store's webhooks (added or deleted through
+/// any process): every second.
+fn spawn_notifier(v: Arc<Verifier>) {
     let _ = thread::Builder::new()
         .name("webhooks".into())
-        .spawn(move || {
-            for change in rx {
-                let hooks = match v.store.webhooks() {
-                    Ok(h) => h,
-                    Err(e) => {
-                        eprintln!("tuk-verifier: cannot read the webhooks: {e}");
-                        continue;
-                    }
-                };
-                let body = json!({
-                    "event": "status-changed",
-                    "instance": change.instance,
-                    "url": change.url,
-                    "previous": change.previous,
-                    "status": change.result.status,
-                    "seq": change.result.seq,
-                    "at": change.result.at,
-                    "error": change.result.error,
-                    "ear": change.result.ear,
-                })
-                .to_string();
-                delivery.notify(&hooks, &Arc::new(body));
+        .spawn(move || loop {
+            match v.store.webhooks() {
+                Ok(hooks) => v.delivery.sync(&hooks, &v.store),
+                Err(e) => eprintln!("tuk-verifier: cannot read the webhooks: {e}"),
             }
+            thread::sleep(Duration::from_secs(1));
         });
 }
 

@@ -128,11 +128,47 @@ const SCHEMA: &[&str] = &[
     // and a counter bumped on every registration change so other processes reload.
     "CREATE TABLE IF NOT EXISTS leases (instance TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at BIGINT NOT NULL, due_at BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS fleet (name TEXT PRIMARY KEY, version BIGINT NOT NULL)",
+    // The webhook outbox (docs/verifier.md, "Webhooks"): one row per status change and hook,
+    // inserted in the transaction that stores the changing result, deleted once delivered
+    // (or given up). `holder`/`expires_at`: the delivery claim of one process; `next_at`:
+    // when the next try is due. Times in the database's clock, ms.
+    "CREATE TABLE IF NOT EXISTS outbox (hook TEXT NOT NULL, instance TEXT NOT NULL, seq BIGINT NOT NULL, body TEXT NOT NULL, \
+     created_at BIGINT NOT NULL, attempts BIGINT NOT NULL, next_at BIGINT NOT NULL, holder TEXT NOT NULL, expires_at BIGINT NOT NULL, \
+     PRIMARY KEY (hook, instance, seq))",
+    // The event log of each instance's latest attestation with evidence (CEL-JSON records as
+    // the appraisal replayed them), replaced by every new one: one row per instance.
+    "CREATE TABLE IF NOT EXISTS eventlogs (instance TEXT PRIMARY KEY, seq BIGINT NOT NULL, at BIGINT NOT NULL, log TEXT NOT NULL)",
 ];
+
+/// A notification claimed from the outbox for delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    pub hook: String,
+    pub instance: String,
+    pub seq: i64,
+    /// The JSON body to POST.
+    pub body: String,
+    /// Tries made before this one.
+    pub attempts: i64,
+}
+
+/// The database's clock in Unix ms (SQLite: one process, the host's clock).
+const SQLITE_NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
 
 /// The database's clock in Unix ms (PostgreSQL): lease times of every process come from one
 /// clock.
 const PG_NOW: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+
+/// One outbox row per webhook for a status change ($1 instance, $2 seq, $3 body); `NOW` is
+/// replaced by the backend's clock.
+const OUTBOX_INSERT: &str = "INSERT INTO outbox (hook, instance, seq, body, created_at, attempts, next_at, holder, expires_at) \
+     SELECT id, $1, $2, $3, NOW, 0, 0, '', 0 FROM webhooks";
+
+/// The webhook body of a status change, from (seq, previous status).
+pub type NotifyBody<'a> = &'a dyn Fn(i64, &str) -> String;
+
+/// An undelivered notification: (hook, instance, seq, claim holder (empty: unclaimed), tries).
+pub type OutboxRow = (String, String, i64, String, i64);
 
 /// A lease: (instance, holder (empty when free), expires_at, due_at), in the database's clock.
 pub type Lease = (String, String, i64, i64);
@@ -142,7 +178,12 @@ pub type Lease = (String, String, i64, i64);
 pub enum Stored {
     /// Stored as `seq`; `previous` is the instance's status before it (`pending` when it has
     /// no result since its registration): the one decision whether a webhook fires.
-    Added { seq: i64, previous: String },
+    Added {
+        seq: i64,
+        previous: String,
+        /// Outbox rows inserted with it (one per webhook when the status changed).
+        notifications: u64,
+    },
     /// Not stored: the lease was taken over by another process (this one was too slow).
     LeaseLost { holder: String },
 }
@@ -297,6 +338,10 @@ impl Store {
     /// continues their `seq`).
     pub fn delete_instance(&self, id: &str) -> Result<bool, StoreError> {
         let gone = self.execute("DELETE FROM instances WHERE id = $1", &[Param::Text(id)])? > 0;
+        self.execute(
+            "DELETE FROM eventlogs WHERE instance = $1",
+            &[Param::Text(id)],
+        )?;
         self.execute("DELETE FROM leases WHERE instance = $1", &[Param::Text(id)])?;
         self.bump_fleet()?;
         Ok(gone)
@@ -359,7 +404,7 @@ impl Store {
 
     /// Appends a result; its `seq` is one more than the instance's last.
     pub fn add_result(&self, r: &ResultRow) -> Result<i64, StoreError> {
-        match self.add_result_leased(r, None, 0, 0)? {
+        match self.add_result_leased(r, None, 0, 0, None)? {
             Stored::Added { seq, .. } => Ok(seq),
             Stored::LeaseLost { holder } => Err(StoreError::Url(format!(
                 "the lease of {} is held by {holder}",
@@ -374,13 +419,17 @@ impl Store {
     /// decided once, by the writer of the changing result). `registered_at`: results made
     /// before it count as none (`pending`). With `holder` (PostgreSQL), the result is stored
     /// only while that process holds the instance's lease, which is then released with the
-    /// instance due again `next_due_ms` from now.
+    /// instance due again `next_due_ms` from now. With `notify`, a result whose status differs
+    /// from the previous one also gets a row in the webhook outbox per webhook, in the same
+    /// transaction, with the body `notify(seq, previous)` (so a crash after the commit loses no
+    /// notification: any process delivers it).
     pub fn add_result_leased(
         &self,
         r: &ResultRow,
         holder: Option<&str>,
         registered_at: i64,
         next_due_ms: i64,
+        notify: Option<NotifyBody<'_>>,
     ) -> Result<Stored, StoreError> {
         let id = Param::Text(&r.instance);
         let insert = |seq: i64| -> [Param<'_>; 6] {
@@ -419,8 +468,21 @@ impl Store {
                 let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let (seq, previous) = decide(sqlite_query(&tx, LAST, &[id])?);
                 sqlite_execute(&tx, INSERT, &insert(seq))?;
+                let mut notifications = 0;
+                if let Some(body) = notify.filter(|_| previous != r.status) {
+                    let body = body(seq, &previous);
+                    notifications = sqlite_execute(
+                        &tx,
+                        &OUTBOX_INSERT.replace("NOW", SQLITE_NOW),
+                        &[id, Param::Int(seq), Param::Text(&body)],
+                    )?;
+                }
                 tx.commit()?;
-                Ok(Stored::Added { seq, previous })
+                Ok(Stored::Added {
+                    seq,
+                    previous,
+                    notifications,
+                })
             }
             Backend::Postgres(c) => {
                 let mut tx = c.transaction()?;
@@ -445,6 +507,15 @@ impl Store {
                 }
                 let (seq, previous) = decide(pg_query(&mut tx, LAST, &[id])?);
                 pg_execute(&mut tx, INSERT, &insert(seq))?;
+                let mut notifications = 0;
+                if let Some(body) = notify.filter(|_| previous != r.status) {
+                    let body = body(seq, &previous);
+                    notifications = pg_execute(
+                        &mut tx,
+                        &OUTBOX_INSERT.replace("NOW", PG_NOW),
+                        &[id, Param::Int(seq), Param::Text(&body)],
+                    )?;
+                }
                 if let Some(me) = holder {
                     pg_execute(
                         &mut tx,
@@ -456,9 +527,138 @@ impl Store {
                     )?;
                 }
                 tx.commit()?;
-                Ok(Stored::Added { seq, previous })
+                Ok(Stored::Added {
+                    seq,
+                    previous,
+                    notifications,
+                })
             }
         }
+    }
+
+    /// The database's clock expression.
+    fn now_sql(&self) -> &'static str {
+        if self.kind == "postgresql" {
+            PG_NOW
+        } else {
+            SQLITE_NOW
+        }
+    }
+
+    /// Claims the oldest due, unclaimed (or claim-expired) notification of `hook` for
+    /// `holder` until `ttl_ms` from now (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so processes
+    /// delivering at once claim different rows). One at a time: a hook that hangs holds one.
+    pub fn claim_notification(
+        &self,
+        hook: &str,
+        holder: &str,
+        ttl_ms: i64,
+    ) -> Result<Option<Notification>, StoreError> {
+        let skip_locked = if self.kind == "postgresql" {
+            "FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE outbox SET holder = $2, expires_at = NOW + $3 WHERE (hook, instance, seq) IN (\
+             SELECT hook, instance, seq FROM outbox WHERE hook = $1 AND next_at <= NOW \
+             AND (holder = '' OR expires_at <= NOW) ORDER BY created_at, instance, seq LIMIT 1 {skip_locked}) \
+             RETURNING instance, seq, body, attempts"
+        )
+        .replace("NOW", self.now_sql());
+        Ok(self
+            .query(
+                &sql,
+                &[Param::Text(hook), Param::Text(holder), Param::Int(ttl_ms)],
+            )?
+            .into_iter()
+            .next()
+            .map(|r| Notification {
+                hook: hook.to_owned(),
+                instance: r[0].text(),
+                seq: r[1].int(),
+                body: r[2].text(),
+                attempts: r[3].int(),
+            }))
+    }
+
+    /// Removes a notification from the outbox: delivered, or given up.
+    pub fn notification_done(&self, n: &Notification) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM outbox WHERE hook = $1 AND instance = $2 AND seq = $3",
+            &[
+                Param::Text(&n.hook),
+                Param::Text(&n.instance),
+                Param::Int(n.seq),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Gives a notification back after a failed try: counted, due again `retry_ms` from now,
+    /// unclaimed.
+    pub fn notification_failed(&self, n: &Notification, retry_ms: i64) -> Result<(), StoreError> {
+        self.execute(
+            &format!(
+                "UPDATE outbox SET attempts = attempts + 1, next_at = {} + $4, holder = '', expires_at = 0 \
+                 WHERE hook = $1 AND instance = $2 AND seq = $3",
+                self.now_sql()
+            ),
+            &[
+                Param::Text(&n.hook),
+                Param::Text(&n.instance),
+                Param::Int(n.seq),
+                Param::Int(retry_ms),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Keeps `log` (the CEL-JSON records, as JSON) as the event log of `instance`'s result
+    /// `seq`, replacing an older one (a later one, stored by another process, stays).
+    pub fn put_eventlog(
+        &self,
+        instance: &str,
+        seq: i64,
+        at: i64,
+        log: &str,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO eventlogs (instance, seq, at, log) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (instance) DO UPDATE SET seq = excluded.seq, at = excluded.at, log = excluded.log \
+             WHERE eventlogs.seq < excluded.seq",
+            &[
+                Param::Text(instance),
+                Param::Int(seq),
+                Param::Int(at),
+                Param::Text(log),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The latest event log of `instance`: (seq, at, CEL-JSON records as JSON).
+    pub fn eventlog(&self, instance: &str) -> Result<Option<(i64, i64, String)>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT seq, at, log FROM eventlogs WHERE instance = $1",
+                &[Param::Text(instance)],
+            )?
+            .into_iter()
+            .next()
+            .map(|r| (r[0].int(), r[1].int(), r[2].text())))
+    }
+
+    /// (hook, instance, seq, holder, attempts) of every notification not yet delivered.
+    pub fn outbox(&self) -> Result<Vec<OutboxRow>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT hook, instance, seq, holder, attempts FROM outbox ORDER BY created_at, instance, seq",
+                &[],
+            )?
+            .into_iter()
+            .map(|r| (r[0].text(), r[1].text(), r[2].int(), r[3].text(), r[4].int()))
+            .collect())
     }
 
     /// Claims up to `limit` instances that are due and not leased (or whose lease expired)
@@ -682,6 +882,7 @@ impl Store {
     }
 
     pub fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        self.execute("DELETE FROM outbox WHERE hook = $1", &[Param::Text(id)])?;
         Ok(self.execute("DELETE FROM webhooks WHERE id = $1", &[Param::Text(id)])? > 0)
     }
 
@@ -908,6 +1109,52 @@ mod tests {
         drop(first);
         let again = Store::open(&loc).unwrap();
         assert_eq!(again.results("a", 10, None).unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sqlite_outbox_and_eventlog() {
+        let dir = std::env::temp_dir().join(format!("tuk-store-outbox-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Store::open(&format!("sqlite:{}", dir.join("v.db").display())).unwrap();
+        s.add_webhook("h", "http://hook", 1).unwrap();
+        let body = |seq: i64, previous: &str| format!("{seq} {previous}");
+        let mut added = Vec::new();
+        for (at, status) in [(1, "affirming"), (2, "affirming"), (3, "warning")] {
+            match s
+                .add_result_leased(&row("a", at, status), None, 0, 0, Some(&body))
+                .unwrap()
+            {
+                Stored::Added {
+                    seq, notifications, ..
+                } => added.push((seq, notifications)),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A notification for each change only, in the result's transaction.
+        assert_eq!(added, [(1, 1), (2, 0), (3, 1)]);
+        let n = s.claim_notification("h", "me", 60_000).unwrap().unwrap();
+        assert_eq!((n.seq, n.body.as_str()), (1, "1 pending"));
+        let m = s.claim_notification("h", "me", 60_000).unwrap().unwrap();
+        assert_eq!((m.seq, m.body.as_str()), (3, "3 affirming"));
+        // Both claimed: nothing more to claim until a claim expires or is given back.
+        assert!(s
+            .claim_notification("h", "other", 60_000)
+            .unwrap()
+            .is_none());
+        s.notification_failed(&m, 0).unwrap();
+        let again = s.claim_notification("h", "other", 60_000).unwrap().unwrap();
+        assert_eq!((again.seq, again.attempts), (3, 1));
+        s.notification_done(&n).unwrap();
+        s.notification_done(&again).unwrap();
+        assert!(s.outbox().unwrap().is_empty());
+        // The event log: one per instance, a later one replaces it, an earlier one does not.
+        assert_eq!(s.eventlog("a").unwrap(), None);
+        s.put_eventlog("a", 2, 20, "[2]").unwrap();
+        s.put_eventlog("a", 3, 30, "[3]").unwrap();
+        s.put_eventlog("a", 1, 10, "[1]").unwrap();
+        assert_eq!(s.eventlog("a").unwrap(), Some((3, 30, "[3]".into())));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

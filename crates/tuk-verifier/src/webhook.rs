@@ -5,12 +5,14 @@
 //!   forms of these inside IPv6) are refused unless the service runs with
 //!   `--webhook-allow-private`. The check is made when the hook is added and again before
 //!   each delivery (a name that later resolves to a private address is not posted to).
-//! - Every hook has its own delivery thread and a bounded queue ([`QUEUE`] notifications;
-//!   when full, the oldest is dropped and counted in `/metrics`), so a hook that never
-//!   answers delays only its own notifications.
+//! - Notifications wait in the store's outbox (inserted with the changing result, so they
+//!   survive a crash); every hook has its own delivery thread in every process, claiming one
+//!   notification at a time, so a hook that never answers delays only its own notifications.
+//!   At least once, with the idempotency key `instance:seq` (header `Idempotency-Key` and
+//!   the body's `idempotency_key`).
 //! - Nothing a hook answers is read beyond its status code, and nothing of it is logged.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +22,6 @@ use std::time::Duration;
 
 use crate::metrics::Metrics;
 
-/// Notifications waiting per hook; beyond this the oldest is dropped.
-pub const QUEUE: usize = 64;
 /// Webhooks a verifier keeps at most.
 pub const MAX_WEBHOOKS: usize = 64;
 /// Tries per notification.
@@ -106,75 +106,103 @@ pub fn check_target(url: &str, allow_private: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// One hook's queue and its delivery thread's stop flag.
-struct Queue {
+/// One hook's delivery thread: its URL, a wake-up signal and its stop flag.
+struct Hook {
     url: String,
-    pending: Mutex<VecDeque<Arc<String>>>,
+    /// Bumped to wake the thread (a notification of this process entered the outbox).
+    signal: Mutex<u64>,
     ready: Condvar,
     stop: AtomicBool,
 }
 
-/// The delivery threads, one per hook.
+/// How long a delivery thread waits for a wake-up before it looks at the outbox again (for
+/// notifications other processes stored, and retries falling due).
+const POLL: Duration = Duration::from_millis(500);
+
+/// The delivery threads, one per hook, draining the outbox in the store (docs/verifier.md,
+/// "Webhooks"): claim one notification, POST it, delete it when the hook answered 2xx (or after
+/// [`TRIES`] failed tries), else give it back due again later. At least once: a process that
+/// dies between the POST and the delete leaves the claim to expire (`--timeout` + 5 s), and
+/// another process (or this one restarted) posts it again with the same idempotency key.
 pub struct Delivery {
     allow_private: bool,
     timeout: Duration,
     metrics: Arc<Metrics>,
-    queues: Mutex<BTreeMap<String, Arc<Queue>>>,
+    /// This process's claim holder id.
+    holder: String,
+    hooks: Mutex<BTreeMap<String, Arc<Hook>>>,
 }
 
 impl Delivery {
-    pub fn new(allow_private: bool, timeout: Duration, metrics: Arc<Metrics>) -> Delivery {
+    pub fn new(
+        allow_private: bool,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+        holder: String,
+    ) -> Delivery {
         Delivery {
             allow_private,
             timeout,
             metrics,
-            queues: Mutex::new(BTreeMap::new()),
+            holder,
+            hooks: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// Queues `body` for every hook in `hooks` ((id, url), the store's current list), starting
-    /// threads for new hooks and stopping those of hooks no longer listed.
-    pub fn notify(&self, hooks: &[(String, String)], body: &Arc<String>) {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        queues.retain(|id, q| {
-            let keep = hooks.iter().any(|(h, url)| h == id && *url == q.url);
+    /// How long a claim holds: one try bounded by `--timeout`, and 5 s.
+    pub fn claim_ttl(&self) -> Duration {
+        self.timeout + Duration::from_secs(5)
+    }
+
+    /// Makes the delivery threads match `hooks` ((id, url), the store's current list):
+    /// starts threads for new hooks, stops those of hooks no longer listed.
+    pub fn sync(&self, hooks: &[(String, String)], store: &Arc<crate::store::Store>) {
+        let mut map = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|id, h| {
+            let keep = hooks.iter().any(|(i, url)| i == id && *url == h.url);
             if !keep {
-                q.stop.store(true, Ordering::Relaxed);
-                q.ready.notify_all();
+                h.stop.store(true, Ordering::Relaxed);
+                h.ready.notify_all();
             }
             keep
         });
         for (id, url) in hooks {
-            let q = match queues.get(id) {
-                Some(q) => Arc::clone(q),
-                None => {
-                    let q = Arc::new(Queue {
-                        url: url.clone(),
-                        pending: Mutex::new(VecDeque::new()),
-                        ready: Condvar::new(),
-                        stop: AtomicBool::new(false),
-                    });
-                    if self.spawn(id, Arc::clone(&q)).is_err() {
-                        eprintln!("tuk-verifier: cannot start the delivery thread of webhook {id}");
-                        self.metrics.webhook(false);
-                        continue;
-                    }
-                    queues.insert(id.clone(), Arc::clone(&q));
-                    q
-                }
-            };
-            let mut pending = q.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if pending.len() >= QUEUE {
-                pending.pop_front();
-                self.metrics.webhook_dropped();
+            if map.contains_key(id) {
+                continue;
             }
-            pending.push_back(Arc::clone(body));
-            drop(pending);
-            q.ready.notify_one();
+            let h = Arc::new(Hook {
+                url: url.clone(),
+                signal: Mutex::new(0),
+                ready: Condvar::new(),
+                stop: AtomicBool::new(false),
+            });
+            if self.spawn(id, Arc::clone(&h), Arc::clone(store)).is_err() {
+                eprintln!("tuk-verifier: cannot start the delivery thread of webhook {id}");
+                continue;
+            }
+            map.insert(id.clone(), h);
         }
     }
 
-    fn spawn(&self, id: &str, q: Arc<Queue>) -> std::io::Result<()> {
+    /// Wakes every delivery thread (new notifications are in the outbox).
+    pub fn wake(&self) {
+        for h in self
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            *h.signal.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            h.ready.notify_all();
+        }
+    }
+
+    fn spawn(
+        &self,
+        id: &str,
+        h: Arc<Hook>,
+        store: Arc<crate::store::Store>,
+    ) -> std::io::Result<()> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(self.timeout))
             .http_status_as_error(false)
@@ -183,50 +211,69 @@ impl Delivery {
             .into();
         let allow_private = self.allow_private;
         let metrics = Arc::clone(&self.metrics);
+        let holder = self.holder.clone();
+        let ttl = i64::try_from(self.claim_ttl().as_millis()).unwrap_or(i64::MAX);
         let id = id.to_owned();
         thread::Builder::new()
             .name(format!("webhook-{id}"))
-            .spawn(move || loop {
-                let body = {
-                    let mut pending = q.pending.lock().unwrap_or_else(|p| p.into_inner());
-                    loop {
-                        if q.stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        if let Some(b) = pending.pop_front() {
-                            break b;
-                        }
-                        pending = q.ready.wait(pending).unwrap_or_else(|p| p.into_inner());
-                    }
-                };
-                if let Err(e) = check_target(&q.url, allow_private) {
-                    metrics.webhook(false);
-                    eprintln!("tuk-verifier: webhook {id}: not delivered: {e}");
-                    continue;
-                }
-                let mut delivered = false;
-                for attempt in 0..TRIES {
-                    if q.stop.load(Ordering::Relaxed) {
+            .spawn(move || {
+                let mut seen = 0;
+                loop {
+                    if h.stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    let ok = agent
-                        .post(&q.url)
-                        .header("Content-Type", "application/json")
-                        .send(body.as_bytes())
-                        .is_ok_and(|r| r.status().is_success());
-                    if ok {
-                        delivered = true;
-                        break;
+                    let n = match store.claim_notification(&id, &holder, ttl) {
+                        Ok(Some(n)) => n,
+                        Ok(None) => {
+                            let signal = h.signal.lock().unwrap_or_else(|p| p.into_inner());
+                            let (signal, _) = h
+                                .ready
+                                .wait_timeout_while(signal, POLL, |s| {
+                                    *s == seen && !h.stop.load(Ordering::Relaxed)
+                                })
+                                .unwrap_or_else(|p| p.into_inner());
+                            seen = *signal;
+                            continue;
+                        }
+                        Err(e) => {
+                            metrics.store_error();
+                            eprintln!("tuk-verifier: webhook {id}: cannot read the outbox: {e}");
+                            thread::sleep(POLL);
+                            continue;
+                        }
+                    };
+                    let key = format!("{}:{}", n.instance, n.seq);
+                    let ok = match check_target(&h.url, allow_private) {
+                        Err(e) => {
+                            eprintln!("tuk-verifier: webhook {id}: not delivered: {e}");
+                            metrics.webhook(false);
+                            let _ = store.notification_done(&n);
+                            continue;
+                        }
+                        Ok(()) => agent
+                            .post(&h.url)
+                            .header("Content-Type", "application/json")
+                            .header("Idempotency-Key", &key)
+                            .send(n.body.as_bytes())
+                            .is_ok_and(|r| r.status().is_success()),
+                    };
+                    let tries = u32::try_from(n.attempts).unwrap_or(TRIES) + 1;
+                    let stored = if ok || tries >= TRIES {
+                        metrics.webhook(ok);
+                        if !ok {
+                            eprintln!(
+                                "tuk-verifier: webhook {id} failed {TRIES} times; dropped the \
+                                 notification {key}"
+                            );
+                        }
+                        store.notification_done(&n)
+                    } else {
+                        store.notification_failed(&n, 250 << (tries - 1))
+                    };
+                    if let Err(e) = stored {
+                        metrics.store_error();
+                        eprintln!("tuk-verifier: webhook {id}: cannot update the outbox: {e}");
                     }
-                    if attempt + 1 < TRIES {
-                        thread::sleep(Duration::from_millis(250 << attempt));
-                    }
-                }
-                metrics.webhook(delivered);
-                if !delivered {
-                    eprintln!(
-                        "tuk-verifier: webhook {id} failed {TRIES} times; dropped this notification"
-                    );
                 }
             })
             .map(|_| ())

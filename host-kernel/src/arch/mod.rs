@@ -22,6 +22,10 @@ pub use self::x86_64::{
     parse_boot_info, port,
     time::{now_us, set_wall_clock, tsc_khz, wall_clock_ns},
     xen::{
-        debug_write as xen_debug_write, detect as detect_hypervisor, hypervisor, on_xen, Hypervisor,
+        debug_write as xen_debug_write, detect as detect_hypervisor, events_up as xen_events_up,
+        hvm_param as xen_hvm_param, hypervisor, init_events as xen_init_events,
+        notify as xen_notify, on_xen, set_exit_hook as xen_set_exit_hook,
+        take_events as xen_take_events, unmask as xen_unmask, yield_cpu as xen_yield, Hypervisor,
     },
+    XEN_UPCALL_VECTOR,
 };

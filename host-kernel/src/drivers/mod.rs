@@ -5,3 +5,4 @@
 pub mod serial;
 pub mod tpm_crb;
 pub mod virtio_net;
+pub mod xen;

@@ -77,16 +77,19 @@ pub fn init() {
 pub fn write_str(s: &str) {
     let mut console = CONSOLE.lock();
     if crate::arch::on_xen() {
-        crate::arch::xen_debug_write(s.as_bytes());
+        // The Xen console ring once it is up (drivers::xen), the debug port before.
+        if !super::xen::console_write(s.as_bytes()) {
+            crate::arch::xen_debug_write(s.as_bytes());
+        }
     } else {
         console.write_bytes(s.as_bytes());
     }
 }
 
-/// Reads one pending input byte, if any (none on Xen until the console ring exists).
+/// Reads one pending input byte, if any (on Xen from the console ring's input).
 pub fn read_byte() -> Option<u8> {
     if crate::arch::on_xen() {
-        return None;
+        return super::xen::console_read_byte();
     }
     CONSOLE.lock().read_byte()
 }
@@ -98,6 +101,7 @@ impl core::fmt::Write for EmergencyWriter {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         if crate::arch::on_xen() {
             crate::arch::xen_debug_write(s.as_bytes());
+            super::xen::console_write_emergency(s.as_bytes());
         } else {
             Uart16550::new(COM1).write_bytes(s.as_bytes());
         }

@@ -18,6 +18,8 @@ pub enum Irq {
     Timer = 0,
     Net = 1,
     Serial = 2,
+    /// Xen's event-channel upcall (`HVMOP_set_evtchn_upcall_vector`; docs/xen.md).
+    Xen = 3,
 }
 
 /// A set of pending interrupts, as returned by [`take_pending`].

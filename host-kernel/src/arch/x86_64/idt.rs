@@ -113,6 +113,7 @@ macro_rules! irq_handler {
 irq_handler!(irq_timer, Irq::Timer);
 irq_handler!(irq_net, Irq::Net);
 irq_handler!(irq_serial, Irq::Serial);
+irq_handler!(irq_xen, Irq::Xen);
 
 extern "x86-interrupt" fn spurious(_frame: InterruptStackFrame) {}
 
@@ -155,6 +156,7 @@ pub fn init() {
         idt[IRQ_BASE + Irq::Timer as u8].set_handler_fn(irq_timer);
         idt[IRQ_BASE + Irq::Net as u8].set_handler_fn(irq_net);
         idt[IRQ_BASE + Irq::Serial as u8].set_handler_fn(irq_serial);
+        idt[IRQ_BASE + Irq::Xen as u8].set_handler_fn(irq_xen);
         idt[SPURIOUS_VECTOR].set_handler_fn(spurious);
         idt
     });

@@ -13,6 +13,9 @@ pub mod port;
 pub mod time;
 pub mod xen;
 
+/// The vector Xen's event-channel upcall arrives on.
+pub const XEN_UPCALL_VECTOR: u8 = idt::IRQ_BASE + apic::Irq::Xen as u8;
+
 /// First stage: descriptor tables and exception handlers, so any fault from here on prints a
 /// diagnosis instead of triple-faulting. Needs no heap.
 pub fn init_early() {

@@ -15,11 +15,19 @@
 //!   integrity halt) after a `tuk: exit code N (...)` line on the debug port.
 
 use core::arch::asm;
-use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use spin::Once;
 pub use tuk_xen::cpuid::Hypervisor;
-use tuk_xen::hypercall::{schedop, SCHED_OP};
+pub use tuk_xen::hypercall::Errno;
+use tuk_xen::hypercall::{
+    evtchn_port_block, evtchnop, hvmop, schedop, upcall_vector, xenmem, AddToPhysmap, HvmParam,
+    EVENT_CHANNEL_OP, HVM_OP, MEMORY_OP, SCHED_OP,
+};
+use tuk_xen::shared_info::{
+    port_word, EVTCHN_MASK, EVTCHN_PENDING, EVTCHN_WORDS, VCPU_PENDING_SEL, VCPU_UPCALL_MASK,
+    VCPU_UPCALL_PENDING,
+};
 
 use super::port::outb;
 
@@ -118,15 +126,33 @@ pub unsafe fn hypercall2(op: u64, arg1: u64, arg2: u64) -> u64 {
 pub fn shutdown(code: u8, what: &str, clean: bool) -> ! {
     let digits = [b'0' + code / 100, b'0' + code / 10 % 10, b'0' + code % 10];
     let first = digits.iter().take(2).take_while(|&&d| d == b'0').count();
-    debug_write(b"tuk: exit code ");
-    debug_write(&digits[first..]);
-    debug_write(b" (");
-    debug_write(what.as_bytes());
-    debug_write(if clean {
+    let mut line = [0u8; 96];
+    let mut len = 0;
+    let tail: &[u8] = if clean {
         b"), SCHEDOP_shutdown poweroff\n"
     } else {
         b"), SCHEDOP_shutdown crash\n"
-    });
+    };
+    for part in [
+        &b"tuk: exit code "[..],
+        &digits[first..],
+        b" (",
+        what.as_bytes(),
+        tail,
+    ] {
+        let n = part.len().min(line.len() - len);
+        line[len..len + n].copy_from_slice(&part[..n]);
+        len += n;
+    }
+    debug_write(&line[..len]);
+    let hook = EXIT_HOOK.swap(0, Ordering::AcqRel);
+    if hook != 0 {
+        // SAFETY: the value was stored from a `fn(u8, &[u8])` by `set_exit_hook`; swapping it
+        // out means a fault inside the hook does not run it again.
+        let hook: fn(u8, &[u8]) =
+            unsafe { core::mem::transmute::<usize, fn(u8, &[u8])>(hook as usize) };
+        hook(code, &line[..len]);
+    }
     let reason = if clean {
         schedop::SHUTDOWN_POWEROFF
     } else {
@@ -140,4 +166,136 @@ pub fn shutdown(code: u8, what: &str, clean: bool) -> ! {
         // SAFETY: halting with interrupts off stops this CPU.
         unsafe { asm!("cli", "hlt", options(nomem, nostack)) }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// shared_info and 2-level event channels (docs/xen.md, "Events").
+
+/// One page-aligned page of .bss: RW+NX in the kernel's tables (data/bss), never executable,
+/// outside text and rodata. `XENMEM_add_to_physmap` puts shared_info at its frame.
+#[repr(C, align(4096))]
+struct SharedPage([u8; 4096]);
+
+static mut SHARED_INFO: SharedPage = SharedPage([0; 4096]);
+/// Set once shared_info is mapped and the upcall vector installed.
+static EVENTS_UP: AtomicBool = AtomicBool::new(false);
+
+fn shared_info_addr() -> u64 {
+    &raw const SHARED_INFO as u64
+}
+
+/// The 64-bit word of shared_info at byte offset `off`, for atomic access (Xen writes the
+/// page concurrently; the kernel never holds a plain reference into it).
+fn si_word(off: usize) -> &'static AtomicU64 {
+    debug_assert!(off.is_multiple_of(8) && off + 8 <= tuk_xen::shared_info::SIZE);
+    // SAFETY: the page is a static that lives forever, `off` is an aligned offset inside it
+    // (callers pass offsets from `tuk_xen::shared_info`), and every access to it goes through
+    // atomics.
+    unsafe { AtomicU64::from_ptr((shared_info_addr() as usize + off) as *mut u64) }
+}
+
+fn si_byte(off: usize) -> &'static AtomicU8 {
+    // SAFETY: as for `si_word` (a byte needs no alignment).
+    unsafe { AtomicU8::from_ptr((shared_info_addr() as usize + off) as *mut u8) }
+}
+
+fn call(op: u64, cmd: u64, block: *const u8) -> Result<u64, Errno> {
+    // SAFETY: every caller passes a block encoded by `tuk_xen::hypercall` for `op`/`cmd`,
+    // living on its stack frame for the duration of the call.
+    tuk_xen::hypercall::result(unsafe { hypercall2(op, cmd, block as u64) })
+}
+
+/// Maps shared_info over the .bss page, masks every port and installs `vector` as the event
+/// upcall (`HVMOP_set_evtchn_upcall_vector`, vCPU 0). The vector's handler only records that
+/// it arrived (ARCHITECTURE.md: interrupts never run driver code); [`take_events`] does the
+/// demux in the main loop. Returns the page's guest-physical address.
+pub fn init_events(vector: u8) -> Result<u64, Errno> {
+    let addr = shared_info_addr();
+    let map = AddToPhysmap::shared_info(addr >> 12).encode();
+    call(MEMORY_OP, xenmem::ADD_TO_PHYSMAP, map.as_ptr())?;
+    // Every port masked; bound ports are unmasked one by one (`unmask`).
+    for w in 0..EVTCHN_WORDS {
+        si_word(EVTCHN_MASK + w * 8).store(!0, Ordering::SeqCst);
+    }
+    si_byte(VCPU_UPCALL_MASK).store(0, Ordering::SeqCst);
+    let v = upcall_vector(0, vector);
+    call(HVM_OP, hvmop::SET_EVTCHN_UPCALL_VECTOR, v.as_ptr())?;
+    EVENTS_UP.store(true, Ordering::Release);
+    Ok(addr)
+}
+
+/// True once [`init_events`] succeeded.
+pub fn events_up() -> bool {
+    EVENTS_UP.load(Ordering::Acquire)
+}
+
+/// The 2-level demux: clears `evtchn_upcall_pending` first (Xen raises the vector again only
+/// on its 0 -> 1 edge), takes `evtchn_pending_sel`, and for each selected word clears and
+/// reports the pending, unmasked ports, lowest first.
+pub fn take_events(mut f: impl FnMut(u32)) {
+    if !events_up() {
+        return;
+    }
+    si_byte(VCPU_UPCALL_PENDING).store(0, Ordering::SeqCst);
+    let sel = si_word(VCPU_PENDING_SEL).swap(0, Ordering::SeqCst);
+    for w in 0..EVTCHN_WORDS {
+        if sel & (1 << w) == 0 {
+            continue;
+        }
+        let mask = si_word(EVTCHN_MASK + w * 8).load(Ordering::SeqCst);
+        let pending = si_word(EVTCHN_PENDING + w * 8).load(Ordering::SeqCst);
+        let bits = pending & !mask;
+        if bits == 0 {
+            continue;
+        }
+        si_word(EVTCHN_PENDING + w * 8).fetch_and(!bits, Ordering::SeqCst);
+        for b in 0..64u32 {
+            if bits & (1 << b) != 0 {
+                f(w as u32 * 64 + b);
+            }
+        }
+    }
+}
+
+/// Unmasks `port` (`EVTCHNOP_unmask`, which re-raises an event that came while masked).
+pub fn unmask(port: u32) -> Result<(), Errno> {
+    let Some((off, bit)) = port_word(port) else {
+        return Err(Errno(-22));
+    };
+    si_word(EVTCHN_MASK + off).fetch_and(!(1 << bit), Ordering::SeqCst);
+    let b = evtchn_port_block(port);
+    call(EVENT_CHANNEL_OP, evtchnop::UNMASK, b.as_ptr()).map(|_| ())
+}
+
+/// Notifies the other end of `port` (`EVTCHNOP_send`).
+pub fn notify(port: u32) -> Result<(), Errno> {
+    let b = evtchn_port_block(port);
+    call(EVENT_CHANNEL_OP, evtchnop::SEND, b.as_ptr()).map(|_| ())
+}
+
+/// `HVMOP_get_param` for this domain.
+pub fn hvm_param(index: u32) -> Result<u64, Errno> {
+    let p = HvmParam {
+        domid: tuk_xen::DOMID_SELF,
+        index,
+        value: 0,
+    }
+    .encode();
+    call(HVM_OP, hvmop::GET_PARAM, p.as_ptr())?;
+    Ok(HvmParam::value(&p))
+}
+
+/// Gives the vCPU back to Xen (`SCHEDOP_yield`), for bounded waits on a backend.
+pub fn yield_cpu() {
+    // SAFETY: SCHEDOP_yield takes no argument block.
+    unsafe { hypercall2(SCHED_OP, schedop::YIELD, 0) };
+}
+
+/// A function [`shutdown`] calls before `SCHEDOP_shutdown`, with tuk's exit code and the exit
+/// line: the console-ring and XenStore drivers register one to put the line on the ring and
+/// write `data/tuk-exit` (it must not block on a lock a faulting path may hold).
+static EXIT_HOOK: AtomicU64 = AtomicU64::new(0);
+
+pub fn set_exit_hook(hook: fn(u8, &[u8])) {
+    EXIT_HOOK.store(hook as usize as u64, Ordering::Release);
 }
