@@ -81,16 +81,25 @@ struct Outcome {
 /// Opens `n` connections to `addr`, each sending the oversized-but-legal `PUT` and holding
 /// it; returns when all have sent what the kernel took, with the streams still open.
 fn flood(addr: SocketAddr, path: &str, n: usize) -> Vec<(Option<TcpStream>, Outcome)> {
+    // The connections are opened one after another, each taken off QEMU's accept queue before
+    // the next (slirp listens with a backlog of 1: a burst of connects would mostly be dropped
+    // by the host, and how many got through would depend on the host's load, not on tuk). The
+    // bodies are then sent all at once.
+    let streams: Vec<Option<TcpStream>> = (0..n)
+        .map(|_| Conn::try_open(addr, Duration::from_secs(20)).ok())
+        .map(|c| c.and_then(|c| c.stream().try_clone().ok()))
+        .collect();
     let start = Arc::new(Barrier::new(n));
-    let workers: Vec<_> = (0..n)
-        .map(|_| {
+    let workers: Vec<_> = streams
+        .into_iter()
+        .map(|stream| {
             let start = Arc::clone(&start);
             let head =
                 format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {DECLARED}\r\n\r\n");
             thread::spawn(move || {
                 let mut out = Outcome::default();
                 start.wait();
-                let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(20)) else {
+                let Some(mut s) = stream else {
                     return (None, out);
                 };
                 s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
