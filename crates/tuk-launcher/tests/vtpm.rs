@@ -268,27 +268,37 @@ fn a_guest_cannot_restart_the_tpm_to_forge_pcr_4_and_5() {
 #[test]
 fn the_honest_guest_quotes_the_launchers_pcrs_with_restart_count_0() {
     let state = fresh_state("honest");
-    let m = measurements(b"the kernel image", "1700000000002");
-    let (tools, paths, _) = launch(&state, &m);
-    let mut swtpm = tuk_vtpm::spawn_for_qemu(&tools, &paths).unwrap();
-    let (_ctrl, mut guest) = act_as_qemu(&paths.qemu_ctrl);
-    // What host-kernel/src/measured.rs does: Startup(STATE), TPM_RC_INITIALIZE = resumed.
-    let e = guest.startup(StartupType::State).unwrap_err();
-    assert_eq!(e.code(), Some(TPM_RC_INITIALIZE), "{e}");
-    let nonce = b"another verifier nonce";
-    let (ak, attest, sig) = quote(&mut guest, nonce);
-    let info = tuk_attest::verify_quote(&ak, &attest, &sig, nonce, &quoted(&m.records))
-        .unwrap_or_else(|e| panic!("the launcher's log must verify: {e}"));
-    eprintln!(
-        "honest boot: resetCount {}, restartCount {}, safe {}",
-        info.clock.reset_count, info.clock.restart_count, info.clock.safe
-    );
-    assert_eq!(
-        info.clock.restart_count, 0,
-        "no TPM2_Startup after the launcher's"
-    );
-    drop(guest);
-    swtpm.kill();
+    // Two boots on one state directory, as a reused `--state-dir` or the KVM→TCG retry do: the
+    // first launch ended with Shutdown(STATE), and the second's Startup(CLEAR) must still be a
+    // TPM Reset, not a Restart (restartCount 1 is what a verifier refuses).
+    for (boot, time) in [(1, "1700000000002"), (2, "1700000000003")] {
+        let m = measurements(b"the kernel image", time);
+        let (tools, paths, _) = launch(&state, &m);
+        let mut swtpm = tuk_vtpm::spawn_for_qemu(&tools, &paths).unwrap();
+        let (mut ctrl, mut guest) = act_as_qemu(&paths.qemu_ctrl);
+        // What host-kernel/src/measured.rs does: Startup(STATE), TPM_RC_INITIALIZE = resumed.
+        let e = guest.startup(StartupType::State).unwrap_err();
+        assert_eq!(e.code(), Some(TPM_RC_INITIALIZE), "{e}");
+        let nonce = b"another verifier nonce";
+        let (ak, attest, sig) = quote(&mut guest, nonce);
+        let info = tuk_attest::verify_quote(&ak, &attest, &sig, nonce, &quoted(&m.records))
+            .unwrap_or_else(|e| panic!("boot {boot}: the launcher's log must verify: {e}"));
+        eprintln!(
+            "honest boot {boot}: resetCount {}, restartCount {}, safe {}",
+            info.clock.reset_count, info.clock.restart_count, info.clock.safe
+        );
+        assert_eq!(
+            info.clock.restart_count, 0,
+            "boot {boot}: no TPM2_Startup after the launcher's, and the launcher's is a Reset"
+        );
+        drop(guest);
+        // QEMU's exit: CMD_SHUTDOWN (3), which makes swtpm store the TPM's state.
+        ctrl.write_all(&3u32.to_be_bytes()).unwrap();
+        let mut rc = [0u8; 4];
+        ctrl.read_exact(&mut rc).unwrap();
+        assert_eq!(u32::from_be_bytes(rc), 0, "CMD_SHUTDOWN");
+        swtpm.kill();
+    }
 }
 
 fn mode(path: &Path) -> u32 {

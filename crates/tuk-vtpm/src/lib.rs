@@ -906,7 +906,9 @@ pub struct LaunchTimes {
 }
 
 /// The launcher's measured launch: swtpm on the (manufactured) state, CMD_INIT (from the
-/// permanent state: a stored volatile state is discarded first), TPM2_Startup(CLEAR), one
+/// permanent state: a stored volatile state is discarded first), TPM2_Startup(CLEAR) and
+/// TPM2_Shutdown(CLEAR) and CMD_INIT again (so that what follows is a TPM Reset, never a
+/// Restart: restartCount 0), TPM2_Startup(CLEAR), one
 /// TPM2_PCR_Extend (SHA-256 bank) per `(pcr, digest)` in order, TPM2_Shutdown(STATE) (for
 /// inspection after the VM: [`spawn_for_inspection`]), CMD_STORE_VOLATILE, CMD_SHUTDOWN, and
 /// swtpm's exit awaited. When this returns `Ok`, the state on disk is a *started* TPM with
@@ -932,8 +934,27 @@ pub fn measured_launch(
     )?;
     let mut ctrl = swtpm.ctrl(SWTPM_TIMEOUT)?;
     ctrl.init()?;
-    let mut tpm = swtpm.tpm(SWTPM_TIMEOUT)?;
     let tpm_err = |command| move |cause| VtpmError::Tpm { command, cause };
+    // The previous launch on this state (an earlier `tuk run`, or the KVM attempt before a TCG
+    // retry) ended with Shutdown(STATE), and Startup(CLEAR) after Shutdown(STATE) is a TPM
+    // *Restart* (restartCount + 1), which a verifier must refuse (it is what a guest Startup
+    // would look like). So: Startup(CLEAR), Shutdown(CLEAR), power-cycle, Startup(CLEAR): the
+    // second is always a TPM *Reset* (restartCount 0, resetCount + 1), whatever came before.
+    // A TPM that comes up already started (a volatile state another swtpm left behind)
+    // answers the first Startup with TPM_RC_INITIALIZE; the Shutdown(CLEAR) ends it the same way.
+    {
+        let mut tpm = swtpm.tpm(SWTPM_TIMEOUT)?;
+        match tpm.startup(StartupType::Clear) {
+            Err(e) if e.code() != Some(tuk_tpm::TPM_RC_INITIALIZE) => {
+                return Err(tpm_err("TPM2_Startup(CLEAR), clearing a saved state")(e))
+            }
+            _ => {}
+        }
+        tpm.shutdown(StartupType::Clear)
+            .map_err(tpm_err("TPM2_Shutdown(CLEAR)"))?;
+    }
+    ctrl.init()?;
+    let mut tpm = swtpm.tpm(SWTPM_TIMEOUT)?;
     tpm.startup(StartupType::Clear)
         .map_err(tpm_err("TPM2_Startup(CLEAR)"))?;
     let start = started.elapsed();
