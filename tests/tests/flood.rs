@@ -5,7 +5,7 @@
 //! (host-kernel/src/net/server.rs) the flood gets 503s, the VM keeps running at its default
 //! memory, a component answers a fresh connection, and health counts the refusals.
 //!
-//! `without_a_budget_the_flood_kills_the_vm` (ignored: it only demonstrates the finding) runs
+//! `without_a_budget_the_flood_kills_the_vm` (shows the attack is real) runs
 //! the same flood with a budget larger than the guest and expects the VM to die.
 
 use std::io::{Read, Write};
@@ -276,10 +276,8 @@ fn a_body_flood_gets_503s_and_the_vm_keeps_serving() {
 }
 
 /// The finding itself: with a budget larger than the guest (as before the fix), the same flood
-/// exhausts the heap and the VM dies. Ignored because it only demonstrates the attack; run it
-/// with `cargo test -p tuk-e2e --test flood -- --ignored`.
+/// exhausts the heap and the VM dies. It shows the attack above is strong enough to matter.
 #[test]
-#[ignore = "demonstrates finding 12 without the budget; run with --ignored"]
 fn without_a_budget_the_flood_kills_the_vm() {
     let mut vm = boot_hello("flood-nobudget", &[("http.buffer_budget", "1073741824")]);
     let t = Instant::now();
