@@ -395,6 +395,11 @@ fn appraise_cmdline(cmdline: &str, reference: &BootReference, out: &mut BootFind
     out.policy = Some(policy.to_owned());
 }
 
+/// How far a round's time may lie after the report's uptime: the kernel reads its clock for
+/// each in whole milliseconds at slightly different moments of building one report (seen: a
+/// round at 358 ms in a report saying uptime 357 ms). More than this is a report that lies.
+pub const REPORT_SKEW_MS: u64 = 50;
+
 /// The run-time measurement freshness rule for one subject (docs/attestation.md): `None` when
 /// fresh, else why not. All arithmetic saturates: the inputs come from the instance.
 ///
@@ -402,8 +407,8 @@ fn appraise_cmdline(cmdline: &str, reference: &BootReference, out: &mut BootFind
 /// - no completed round (`last_check_ms` `None`): not fresh once `uptime_ms` exceeds
 ///   `since_ms + interval + interval/4 (the kernel's round jitter) + slack`, where `since_ms`
 ///   is when the subject started to exist (0 for the kernel and boot components).
-/// - else: not fresh when the last round is older than `rounds × interval + slack`, or lies in
-///   the future.
+/// - else: not fresh when the last round is older than `rounds × interval + slack`, or lies
+///   more than [`REPORT_SKEW_MS`] in the future.
 ///
 /// `interval_ms` is capped at the reference's maximum, so a huge configured interval cannot
 /// stretch the bound (it is a configuration finding of its own).
@@ -437,11 +442,11 @@ pub fn staleness(
                 )
             })
         }
-        Some(last) if last > uptime_ms => Some(format!(
+        Some(last) if last > uptime_ms.saturating_add(REPORT_SKEW_MS) => Some(format!(
             "{who}'s last round at {last} ms is after the report's uptime {uptime_ms} ms"
         )),
         Some(last) => {
-            let since = uptime_ms - last;
+            let since = uptime_ms.saturating_sub(last);
             let bound = reference
                 .freshness
                 .rounds

@@ -291,12 +291,13 @@ fn the_honest_guest_quotes_the_launchers_pcrs_with_restart_count_0() {
             info.clock.restart_count, 0,
             "boot {boot}: no TPM2_Startup after the launcher's, and the launcher's is a Reset"
         );
-        drop(guest);
-        // QEMU's exit: CMD_SHUTDOWN (3), which makes swtpm store the TPM's state.
+        // QEMU's exit: CMD_SHUTDOWN (3), which makes swtpm store the TPM's state, sent while the
+        // data channel is still open (swtpm --terminate exits as soon as it closes).
         ctrl.write_all(&3u32.to_be_bytes()).unwrap();
         let mut rc = [0u8; 4];
         ctrl.read_exact(&mut rc).unwrap();
         assert_eq!(u32::from_be_bytes(rc), 0, "CMD_SHUTDOWN");
+        drop(guest);
         swtpm.kill();
     }
 }
